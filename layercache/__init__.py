@@ -1,0 +1,33 @@
+"""layercache: a multi-layer cache for structured-concurrency programs (trio and asyncio)."""
+
+from ._exceptions import CacheClosedError as CacheClosedError
+from ._exceptions import CacheError as CacheError
+from ._exceptions import LayerUnavailableError as LayerUnavailableError
+from ._exceptions import SerializationError as SerializationError
+from ._layer import Hit as Hit
+from ._layer import Layer as Layer
+from ._layer import LocalLayer as LocalLayer
+from ._layer import Write as Write
+from ._memory import MemoryLayer as MemoryLayer
+from ._options import CircuitBreaker as CircuitBreaker
+from ._options import GracefulDegradation as GracefulDegradation
+from ._stack import CacheStack as CacheStack
+from ._statistics import CacheStatistics as CacheStatistics
+from ._statistics import LayerStatistics as LayerStatistics
+
+__all__ = (
+    "CacheClosedError",
+    "CacheError",
+    "CacheStack",
+    "CacheStatistics",
+    "CircuitBreaker",
+    "GracefulDegradation",
+    "Hit",
+    "Layer",
+    "LayerStatistics",
+    "LayerUnavailableError",
+    "LocalLayer",
+    "MemoryLayer",
+    "SerializationError",
+    "Write",
+)

@@ -1,0 +1,31 @@
+"""Command line: ``python -m layercache demo`` (also installed as ``layercache``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._demo import run_demo
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="layercache", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="watch layercache absorb a cache stampede")
+    demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    demo.add_argument("--callers", type=int, default=1000, help="concurrent callers (default 1000)")
+    demo.add_argument(
+        "--origin-latency",
+        type=float,
+        default=0.05,
+        help="seconds the simulated database takes per query (default 0.05)",
+    )
+    args = parser.parse_args(argv)
+    if args.callers < 1:
+        parser.error("--callers must be at least 1")
+    return run_demo(args.backend, args.callers, args.origin_latency)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

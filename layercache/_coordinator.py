@@ -1,0 +1,212 @@
+"""The coordinator actor: single-flight loads and the fences that keep stale writes out.
+
+Owns: the loads in flight (at most one per key and kind: a *fetching* load, started by a
+``get`` with a fetcher, and a *reading* load, which only reads the slower layers), the
+number of callers waiting on each, and for each load whether it went stale.
+
+Takes: :class:`StartLoad` over its inbox, and runs each load in its own task group,
+which lives in the stack's task group. No load ever runs in a caller's task, so
+cancelling a caller (the first one included) cannot cancel a load; a load whose
+callers have all gone runs to completion and fills the cache; the stack's exit
+cancels every load, and their callers get :class:`~layercache.CacheClosedError`.
+
+Fences: a ``set``, ``delete``, tag invalidation or ``clear`` that runs while a load is in
+flight marks the load *stale*. A stale load still hands its result to its callers,
+who asked before the change completed, but does not write it into any layer, where
+it would overwrite the newer state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._exceptions import CacheClosedError
+
+logger = logging.getLogger("layercache.coordinator")
+
+Fetcher = Callable[[], Awaitable[object]]
+Outcome = tuple[object, str | None]
+"""A load's result: the value (or :data:`MISSING`) and the layer it came from."""
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: object = _Missing()
+"""What a reading load returns when no layer has the key."""
+
+
+class Flight:
+    """One load in flight and the result its callers wait for."""
+
+    __slots__ = ("_done", "_error", "_outcome", "fetcher", "key", "stale", "tags", "ttl", "waiters")
+
+    def __init__(
+        self, key: str, fetcher: Fetcher | None, ttl: float | None, tags: frozenset[str]
+    ) -> None:
+        self.key = key
+        self.fetcher = fetcher
+        self.ttl = ttl
+        self.tags = tags
+        self.waiters = 0
+        self.stale = False
+        self._done = anyio.Event()
+        self._outcome: Outcome = (MISSING, None)
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        kind = "fetch" if self.fetcher is not None else "read"
+        return f"<Flight {kind} {self.key!r} waiters={self.waiters} stale={self.stale}>"
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def resolve(self, outcome: Outcome) -> None:
+        if not self._done.is_set():
+            self._outcome = outcome
+            self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self._error = error
+            self._done.set()
+
+    async def outcome(self) -> Outcome:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._outcome
+
+
+@dataclass(frozen=True, slots=True)
+class StartLoad:
+    flight: Flight
+
+
+Load = Callable[[Flight], Awaitable[Outcome]]
+
+
+class Coordinator:
+    """Single-flight for one stack. ``load`` is the stack's read-through procedure."""
+
+    def __init__(self, load: Load) -> None:
+        self._load = load
+        self._flights: dict[tuple[str, bool], Flight] = {}
+        self._inbox: MemoryObjectSendStream[StartLoad] | None = None
+        self.fence_count = 0
+        """Grows with every fence; a reader that saw it unchanged saw no invalidation."""
+
+    def __repr__(self) -> str:
+        return f"<Coordinator loads={len(self._flights)} waiters={self.waiters}>"
+
+    @property
+    def loads_in_flight(self) -> int:
+        return len(self._flights)
+
+    @property
+    def waiters(self) -> int:
+        return sum(flight.waiters for flight in self._flights.values())
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        # Unbounded is bounded here: each message stands for one flight in
+        # ``_flights``, and each flight for at least one caller that joined it.
+        send, receive = anyio.create_memory_object_stream[StartLoad](math.inf)
+        try:
+            async with receive, anyio.create_task_group() as loads:
+                self._inbox = send
+                task_status.started()
+                async for message in receive:
+                    loads.start_soon(
+                        self._run_load, message.flight, name=f"layercache load {message.flight!r}"
+                    )
+        finally:
+            self._inbox = None
+            closed = CacheClosedError("the CacheStack exited while this load was running")
+            for flight in self._flights.values():
+                flight.fail(closed)
+            self._flights.clear()
+
+    # -- synchronous handlers ----------------------------------------------------
+
+    def join(
+        self, key: str, fetcher: Fetcher | None, ttl: float | None, tags: frozenset[str]
+    ) -> Flight:
+        """Return the load in flight for ``key`` of this kind, starting one if needed.
+
+        Later callers share the first caller's fetcher, ``ttl`` and ``tags``.
+        """
+        slot = (key, fetcher is not None)
+        flight = self._flights.get(slot)
+        if flight is None:
+            inbox = self._inbox
+            if inbox is None:
+                raise CacheClosedError("the CacheStack is not running")
+            flight = Flight(key, fetcher, ttl, tags)
+            self._flights[slot] = flight
+            inbox.send_nowait(StartLoad(flight))
+        return flight
+
+    def fence_keys(self, keys: Iterable[str]) -> None:
+        self.fence_count += 1
+        flights = self._flights
+        if not flights:
+            return
+        for key in keys:
+            for fetching in (True, False):
+                flight = flights.get((key, fetching))
+                if flight is not None:
+                    flight.stale = True
+
+    def fence_tag(self, tag: str) -> None:
+        # A reading load learns its entry's tags only once it finds it, so every
+        # reading load is fenced: the cost is one skipped backfill.
+        self.fence_count += 1
+        for flight in self._flights.values():
+            if flight.fetcher is None or tag in flight.tags:
+                flight.stale = True
+
+    def fence_all(self) -> None:
+        self.fence_count += 1
+        for flight in self._flights.values():
+            flight.stale = True
+
+    # -- waiting and loading -------------------------------------------------------
+
+    async def wait(self, flight: Flight) -> Outcome:
+        """Wait for ``flight``'s result. Cancelling the wait leaves the load running."""
+        flight.waiters += 1
+        try:
+            return await flight.outcome()
+        finally:
+            flight.waiters -= 1
+
+    async def _run_load(self, flight: Flight) -> None:
+        try:
+            outcome = await self._load(flight)
+        except anyio.get_cancelled_exc_class():
+            flight.fail(CacheClosedError("the CacheStack exited while this load was running"))
+            raise
+        except Exception as error:
+            # The load's error belongs to its callers, never to the stack.
+            flight.fail(error)
+        except BaseException:
+            flight.fail(CacheClosedError("the load was interrupted"))
+            raise
+        else:
+            flight.resolve(outcome)
+        finally:
+            slot = (flight.key, flight.fetcher is not None)
+            if self._flights.get(slot) is flight:
+                del self._flights[slot]

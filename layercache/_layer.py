@@ -1,0 +1,158 @@
+"""The interface between the stack and its layers.
+
+A layer is an actor: ``run()`` is its task, started in the stack's task group, which
+calls ``task_status.started()`` once the layer can serve. The stack talks to a layer
+through the async methods below; a *local* layer (in-process memory) also offers
+synchronous ``*_nowait`` twins, which the stack uses on the hot path because a local
+read needs no task and no channel round trip.
+
+Values reach ``write_many`` already encoded by the layer's own :meth:`Layer.encode`,
+which the stack calls for every layer before writing to any of them: a value one
+layer cannot serialize is rejected before a single layer is changed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from anyio.abc import TaskStatus
+
+from ._clock import Clock
+from ._statistics import LayerStatistics
+
+NO_TAGS: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A value found in a layer, with what a backfill into faster layers needs."""
+
+    value: object
+    ttl: float | None
+    """Seconds the entry has left in the layer it was found in; None: no expiry."""
+    tags: frozenset[str] = NO_TAGS
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One entry to store: the value as encoded by this layer, and its final TTL."""
+
+    key: str
+    value: object
+    ttl: float | None
+    """Seconds until expiry, already resolved by the stack; None: never expires."""
+    tags: frozenset[str] = NO_TAGS
+
+
+class Layer(ABC):
+    """A cache layer: a named store run as an actor task inside a stack."""
+
+    local: bool = False
+    """True for in-process layers: read synchronously, invalidated by the bus."""
+
+    def __init__(self, *, name: str, ttl: float | None) -> None:
+        self.name = name
+        self.ttl = ttl
+        self._in_use = False
+
+    def effective_ttl(self, ttl: float | None) -> float | None:
+        """The TTL a write with ``ttl`` gets here (None = this layer's default)."""
+        return self.ttl if ttl is None else ttl
+
+    def backfill_ttl(self, remaining: float | None) -> float | None:
+        """The TTL for copying in an entry with ``remaining`` seconds left elsewhere.
+
+        Never longer than what the entry has left, nor than this layer's own TTL.
+        """
+        if remaining is None:
+            return self.ttl
+        if self.ttl is None:
+            return remaining
+        return min(remaining, self.ttl)
+
+    def claim(self) -> None:
+        """Mark the layer as owned by a running stack (a layer serves one stack)."""
+        if self._in_use:
+            raise RuntimeError(f"layer {self.name!r} is already in use by another stack")
+        self._in_use = True
+
+    def release(self) -> None:
+        self._in_use = False
+
+    def encode(self, value: object) -> object:
+        """Return ``value`` as this layer stores it; raise SerializationError if it can't."""
+        return value
+
+    @abstractmethod
+    async def run(self, clock: Clock, *, task_status: TaskStatus[None]) -> None:
+        """The layer's actor task: serve until cancelled, then let go of resources."""
+
+    @abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
+        """Look ``keys`` up; return only those found."""
+
+    @abstractmethod
+    async def write_many(self, writes: Sequence[Write]) -> None:
+        """Store every write, replacing existing entries and their tags."""
+
+    @abstractmethod
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove ``keys``; absent keys are ignored."""
+
+    @abstractmethod
+    async def invalidate_tag(self, tag: str) -> set[str]:
+        """Remove every entry carrying ``tag``; return the keys removed."""
+
+    @abstractmethod
+    async def clear(self) -> None:
+        """Remove every entry this layer holds for the stack."""
+
+    @abstractmethod
+    def statistics(self) -> LayerStatistics:
+        """A snapshot of the layer's counters."""
+
+
+class LocalLayer(Layer):
+    """An in-process layer whose operations complete without waiting.
+
+    Each async method has a ``*_nowait`` twin; the async forms exist so the stack can
+    treat every layer alike where speed does not matter.
+    """
+
+    local = True
+
+    @abstractmethod
+    def get_nowait(self, key: str, default: object = None) -> object:
+        """The hot path: the value for ``key``, or ``default``. No Hit is allocated."""
+
+    @abstractmethod
+    def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Hit]: ...
+
+    @abstractmethod
+    def write_many_nowait(self, writes: Iterable[Write]) -> None: ...
+
+    @abstractmethod
+    def delete_many_nowait(self, keys: Iterable[str]) -> None: ...
+
+    @abstractmethod
+    def invalidate_tag_nowait(self, tag: str) -> set[str]: ...
+
+    @abstractmethod
+    def clear_nowait(self) -> None: ...
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
+        return self.get_many_nowait(keys)
+
+    async def write_many(self, writes: Sequence[Write]) -> None:
+        self.write_many_nowait(writes)
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        self.delete_many_nowait(keys)
+
+    async def invalidate_tag(self, tag: str) -> set[str]:
+        return self.invalidate_tag_nowait(tag)
+
+    async def clear(self) -> None:
+        self.clear_nowait()

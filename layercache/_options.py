@@ -1,0 +1,51 @@
+"""Value objects that configure a stack's failure handling.
+
+They are frozen and validated on construction, so a bad setting fails where it is
+written rather than when Redis first misbehaves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def _check_duration(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GracefulDegradation:
+    """Skip a failing layer instead of failing the call.
+
+    A layer that fails is skipped for ``retry_after`` seconds; reads go on to the next
+    layer and the fetcher, writes to it are dropped (and counted). After ``retry_after``
+    the layer is tried again and re-enabled when it works.
+    """
+
+    retry_after: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_duration("retry_after", self.retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    """Stop trying a layer after ``threshold`` consecutive failures.
+
+    The open breaker skips the layer for ``reset_after`` seconds, then lets one probe
+    through (half-open): success closes it, failure opens it again.
+    """
+
+    threshold: int = 5
+    reset_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int):
+            raise TypeError(f"threshold must be an int, not {type(self.threshold).__name__}")
+        if self.threshold < 1:
+            raise ValueError(f"threshold must be at least 1, got {self.threshold}")
+        _check_duration("reset_after", self.reset_after)

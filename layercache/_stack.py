@@ -1,0 +1,473 @@
+"""``CacheStack``: the public face of a stack of layers and the actors behind it.
+
+The stack starts every layer actor and the coordinator in its own task group when
+``async with`` enters it, and cancels them all when the block exits. Its methods check
+their arguments, do the synchronous work on local layers in the caller's task, and hand
+whatever needs a task (reading slower layers, fetching) to the coordinator.
+
+Writes and invalidations are fenced: the coordinator marks loads in flight for the
+affected keys stale before the slower layers are changed and again before the local
+layers are, so a load that read the old state can never write it back afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType, TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._clock import Clock, loop_clock
+from ._coordinator import MISSING, Coordinator, Fetcher, Flight, Outcome
+from ._exceptions import CacheClosedError
+from ._layer import NO_TAGS, Hit, Layer, LocalLayer, Write
+from ._options import CircuitBreaker, GracefulDegradation
+from ._statistics import CacheStatistics
+from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
+
+logger = logging.getLogger("layercache.stack")
+
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+
+class CacheStack:
+    """A multi-layer cache: layers ordered fastest first, run as actors.
+
+    Construction checks the configuration and does no I/O; ``async with`` starts the
+    stack and every call on it must happen inside that block.
+
+    :param layers: the layers, fastest first (for example ``MemoryLayer`` then
+        ``RedisLayer``). Names must be unique.
+    :param graceful_degradation: skip a failing remote layer instead of raising
+        :class:`~layercache.LayerUnavailableError`.
+    :param circuit_breaker: stop trying a remote layer after repeated failures.
+    :param clock: the time source for TTLs; defaults to the event loop's clock.
+    :raises ValueError: no layers, or two layers with one name.
+    :raises TypeError: something that is not a layer or an option object.
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[Layer],
+        *,
+        invalidation_bus: object | None = None,
+        single_flight_coordinator: object | None = None,
+        graceful_degradation: GracefulDegradation | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if isinstance(layers, Layer):
+            raise TypeError("layers must be a list of layers, e.g. CacheStack([MemoryLayer()])")
+        self._layers: tuple[Layer, ...] = tuple(layers)
+        if not self._layers:
+            raise ValueError("a CacheStack needs at least one layer")
+        for layer in self._layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"not a cache layer: {layer!r}")
+        names = [layer.name for layer in self._layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique within a stack, got {names}")
+        if invalidation_bus is not None:
+            raise TypeError(f"unsupported invalidation_bus: {invalidation_bus!r}")
+        if single_flight_coordinator is not None:
+            raise TypeError(f"unsupported single_flight_coordinator: {single_flight_coordinator!r}")
+        if graceful_degradation is not None and not isinstance(
+            graceful_degradation, GracefulDegradation
+        ):
+            raise TypeError("graceful_degradation must be a GracefulDegradation")
+        if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+            raise TypeError("circuit_breaker must be a CircuitBreaker")
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a zero-argument callable returning seconds")
+        self.graceful_degradation = graceful_degradation
+        self.circuit_breaker = circuit_breaker
+        self._clock = clock
+        # Leading in-process layers are read synchronously, in the caller's task.
+        self._local: tuple[LocalLayer, ...] = ()
+        for layer in self._layers:
+            if not isinstance(layer, LocalLayer):
+                break
+            self._local += (layer,)
+        self._coordinator = Coordinator(self._load)
+        self._state = _NEW
+        self._task_group: TaskGroup | None = None
+        self._fast_layer: LocalLayer | None = None
+        self._fast_hits = 0
+        self._layer_hits = dict.fromkeys(names, 0)
+        self._misses = 0
+        self._fetches = 0
+        self._fetch_errors = 0
+        self._stale_loads = 0
+
+    def __repr__(self) -> str:
+        names = ", ".join(layer.name for layer in self._layers)
+        return (
+            f"<CacheStack {self._state} layers=[{names}] "
+            f"loads={self._coordinator.loads_in_flight} waiters={self._coordinator.waiters}>"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != _NEW:
+            raise RuntimeError("a CacheStack can be entered only once; create a new one")
+        self._state = _CLOSED  # until every actor is up
+        claimed: list[Layer] = []
+        try:
+            for layer in self._layers:
+                layer.claim()
+                claimed.append(layer)
+            clock = self._clock or loop_clock()
+            task_group = anyio.create_task_group()
+            await task_group.__aenter__()
+        except BaseException:
+            for layer in claimed:
+                layer.release()
+            raise
+        self._task_group = task_group
+        try:
+            for layer in self._layers:
+                await task_group.start(layer.run, clock, name=f"layercache layer {layer.name!r}")
+            await task_group.start(self._coordinator.run, name="layercache coordinator")
+        except BaseException as error:
+            await self._shut_down(error)
+            raise
+        self._state = _OPEN
+        if self._local:
+            self._fast_layer = self._local[0]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        return await self._shut_down(exc)
+
+    async def _shut_down(self, exc: BaseException | None) -> bool | None:
+        self._state = _CLOSED
+        self._fast_layer = None
+        task_group = self._task_group
+        assert task_group is not None
+        self._task_group = None
+        try:
+            task_group.cancel_scope.cancel()
+            if exc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
+                # The cancellation may be the task group's own: it must see it.
+                return await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            # Anything else propagates as it is, not wrapped in an exception group.
+            await task_group.__aexit__(None, None, None)
+            return None
+        finally:
+            for layer in self._layers:
+                layer.release()
+
+    def _check_open(self) -> None:
+        if self._state != _OPEN:
+            if self._state == _NEW:
+                raise CacheClosedError("the CacheStack is not open: use it inside `async with`")
+            raise CacheClosedError("the CacheStack is closed: its `async with` block has exited")
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(
+        self,
+        key: str,
+        fetcher: Callable[[], Awaitable[Any]] | None = None,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        default: Any = None,
+    ) -> Any:
+        """Return the value for ``key`` from the first layer that has it.
+
+        Faster layers that missed are backfilled. On a full miss, ``fetcher()`` is
+        awaited once however many tasks ask at the same moment, its result is stored in
+        every layer with ``ttl`` and ``tags``, and returned to all of them. Without a
+        fetcher a miss returns ``default``. A fetched ``None`` is cached like any value.
+
+        :raises TypeError: a key that is not str, a fetcher that is not callable or does
+            not return an awaitable, bad ``ttl``/``tags`` types.
+        :raises ValueError: an empty or too long key, a TTL that is not positive and
+            finite, an empty tag.
+        :raises CacheClosedError: outside the stack's ``async with`` block.
+        :raises SerializationError: a fetched value a layer cannot store (nothing is
+            written).
+        :raises LayerUnavailableError: a layer failed and degradation is off.
+
+        Whatever the fetcher raises reaches every caller waiting on that load and is
+        not cached.
+        """
+        layer = self._fast_layer
+        if (
+            layer is not None
+            and type(key) is str
+            and ttl is None
+            and not tags
+            and (fetcher is None or callable(fetcher))
+        ):
+            value = layer.get_nowait(key, MISSING)
+            if value is not MISSING:
+                self._fast_hits += 1
+                return value
+            return await self._get_slow(key, fetcher, None, NO_TAGS, default, first=1)
+        return await self._get_slow(key, fetcher, ttl, tags, default, first=0)
+
+    async def _get_slow(
+        self,
+        key: object,
+        fetcher: Fetcher | None,
+        ttl: object,
+        tags: object,
+        default: Any,
+        first: int,
+    ) -> Any:
+        self._check_open()
+        key = check_key(key)
+        checked_ttl = check_ttl(ttl)
+        checked_tags = check_tags(tags)
+        if fetcher is not None and not callable(fetcher):
+            raise TypeError(f"fetcher must be a zero-argument async callable, not {fetcher!r}")
+        for index in range(first, len(self._local)):
+            hit = self._local[index].get_many_nowait((key,)).get(key)
+            if hit is not None:
+                self._backfill_local(index, {key: hit})
+                self._layer_hits[self._local[index].name] += 1
+                return hit.value
+        if fetcher is None and len(self._local) == len(self._layers):
+            self._misses += 1
+            return default
+        flight = self._coordinator.join(key, fetcher, checked_ttl, checked_tags)
+        value, source = await self._coordinator.wait(flight)
+        if source is None:
+            self._misses += 1
+        else:
+            self._layer_hits[source] += 1
+        return default if value is MISSING else value
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Return ``{key: value}`` for the keys some layer has; missing keys are left out.
+
+        Reads each layer once for all the keys still missing, and backfills the faster
+        layers. Runs no fetcher.
+        """
+        self._check_open()
+        pending = list(dict.fromkeys(check_keys(keys)))
+        found: dict[str, Any] = {}
+        fences = self._coordinator.fence_count
+        for index, layer in enumerate(self._layers):
+            if not pending:
+                break
+            if isinstance(layer, LocalLayer):
+                hits = layer.get_many_nowait(pending)
+            else:
+                hits = await layer.get_many(pending)
+            if not hits:
+                continue
+            if self._coordinator.fence_count == fences:
+                await self._backfill(index, hits)
+            for key, hit in hits.items():
+                found[key] = hit.value
+            self._layer_hits[layer.name] += len(hits)
+            pending = [key for key in pending if key not in hits]
+        self._misses += len(pending)
+        return found
+
+    async def _load(self, flight: Flight) -> Outcome:
+        """The read-through procedure the coordinator runs once per flight."""
+        key = flight.key
+        for index, layer in enumerate(self._layers):
+            # The local layers are read again: a set() may have filled them meanwhile.
+            if isinstance(layer, LocalLayer):
+                hits = layer.get_many_nowait((key,))
+            else:
+                hits = await layer.get_many((key,))
+            hit = hits.get(key)
+            if hit is not None:
+                if not flight.stale:
+                    await self._backfill(index, hits)
+                return hit.value, layer.name
+        if flight.fetcher is None:
+            return MISSING, None
+        self._fetches += 1
+        try:
+            value = await _call_fetcher(flight.fetcher)
+        except Exception:
+            self._fetch_errors += 1
+            raise
+        writes = self._encode(key, value, flight.ttl, flight.tags)
+        if not flight.stale:
+            await self._write_remote(writes)
+        if flight.stale:
+            self._stale_loads += 1
+        else:
+            self._write_local(writes)
+        return value, None
+
+    def _backfill_local(self, index: int, hits: Mapping[str, Hit]) -> None:
+        for layer in self._local[:index]:
+            layer.write_many_nowait(self._backfill_writes(layer, hits))
+
+    async def _backfill(self, index: int, hits: Mapping[str, Hit]) -> None:
+        for layer in self._layers[:index]:
+            writes = self._backfill_writes(layer, hits)
+            if isinstance(layer, LocalLayer):
+                layer.write_many_nowait(writes)
+            else:
+                await layer.write_many(writes)
+
+    @staticmethod
+    def _backfill_writes(layer: Layer, hits: Mapping[str, Hit]) -> list[Write]:
+        return [
+            Write(key, layer.encode(hit.value), layer.backfill_ttl(hit.ttl), hit.tags)
+            for key, hit in hits.items()
+        ]
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def set(
+        self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        """Store ``value`` under ``key`` in every layer, replacing its tags.
+
+        :raises SerializationError: a layer cannot encode ``value``; no layer is written.
+        """
+        await self.set_many({key: value}, ttl=ttl, tags=tags)
+
+    async def set_many(
+        self, mapping: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        """Store every item of ``mapping`` in every layer with the same ``ttl`` and ``tags``.
+
+        :raises SerializationError: a layer cannot encode a value; no layer is written.
+        """
+        self._check_open()
+        if not isinstance(mapping, Mapping):
+            raise TypeError(
+                f"set_many takes a mapping of key to value, not {type(mapping).__name__}"
+            )
+        checked_ttl = check_ttl(ttl)
+        checked_tags = check_tags(tags)
+        keys = check_keys(mapping.keys())
+        writes: dict[Layer, list[Write]] = {layer: [] for layer in self._layers}
+        for key in keys:
+            encoded = self._encode(key, mapping[key], checked_ttl, checked_tags)
+            for layer, layer_writes in encoded.items():
+                writes[layer].extend(layer_writes)
+        # Fenced before the slower layers are written and again before the local ones:
+        # a load in flight at any moment of this write will not write back after it.
+        self._coordinator.fence_keys(keys)
+        await self._write_remote(writes)
+        self._coordinator.fence_keys(keys)
+        self._write_local(writes)
+
+    def _encode(
+        self, key: str, value: object, ttl: float | None, tags: frozenset[str]
+    ) -> dict[Layer, list[Write]]:
+        """Encode ``value`` for every layer first: a failure leaves every layer untouched."""
+        return {
+            layer: [Write(key, layer.encode(value), layer.effective_ttl(ttl), tags)]
+            for layer in self._layers
+        }
+
+    async def _write_remote(self, writes: Mapping[Layer, Sequence[Write]]) -> None:
+        """Write the layers that need I/O. The local ones come after, with no await
+        between, so a reader that copied the old entry up meanwhile is overwritten."""
+        for layer, layer_writes in writes.items():
+            if not isinstance(layer, LocalLayer):
+                await layer.write_many(layer_writes)
+
+    def _write_local(self, writes: Mapping[Layer, Sequence[Write]]) -> None:
+        for layer, layer_writes in writes.items():
+            if isinstance(layer, LocalLayer):
+                layer.write_many_nowait(layer_writes)
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` from every layer (absent keys are fine)."""
+        await self.delete_many((key,))
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove every key in ``keys`` from every layer."""
+        self._check_open()
+        checked = check_keys(keys)
+        await self._invalidate(
+            lambda: self._coordinator.fence_keys(checked),
+            lambda layer: layer.delete_many(checked),
+        )
+
+    async def invalidate_by_tag(self, tag: str) -> int:
+        """Remove every entry carrying ``tag`` from every layer.
+
+        :returns: how many distinct keys were removed, as far as this stack could see.
+        """
+        self._check_open()
+        checked = check_tag(tag)
+        removed: set[str] = set()
+
+        async def invalidate(layer: Layer) -> None:
+            removed.update(await layer.invalidate_tag(checked))
+
+        await self._invalidate(lambda: self._coordinator.fence_tag(checked), invalidate)
+        return len(removed)
+
+    async def clear(self) -> None:
+        """Remove everything this stack holds in every layer (only under its prefixes)."""
+        self._check_open()
+        await self._invalidate(self._coordinator.fence_all, lambda layer: layer.clear())
+
+    async def _invalidate(
+        self, fence: Callable[[], None], apply: Callable[[Layer], Awaitable[None]]
+    ) -> None:
+        # Slower layers first, so a reader cannot copy an entry from them into a local
+        # layer that has already been cleared; loads are fenced before and after.
+        fence()
+        for layer in self._layers:
+            if not layer.local:
+                await apply(layer)
+        fence()
+        for layer in self._layers:
+            if layer.local:
+                await apply(layer)
+
+    # -- observation -------------------------------------------------------------------
+
+    def statistics(self) -> CacheStatistics:
+        """A frozen snapshot of the stack's counters (see :class:`CacheStatistics`)."""
+        layer_hits = dict(self._layer_hits)
+        if self._local:
+            layer_hits[self._local[0].name] += self._fast_hits
+        return CacheStatistics(
+            hits=sum(layer_hits.values()),
+            misses=self._misses,
+            fetches=self._fetches,
+            fetch_errors=self._fetch_errors,
+            layer_hits=MappingProxyType(layer_hits),
+            loads_in_flight=self._coordinator.loads_in_flight,
+            waiters=self._coordinator.waiters,
+            stale_loads=self._stale_loads,
+            layers=tuple(layer.statistics() for layer in self._layers),
+        )
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return self._layers
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"open"`` or ``"closed"``."""
+        return self._state
+
+
+async def _call_fetcher(fetcher: Fetcher) -> object:
+    result = fetcher()
+    if not inspect.isawaitable(result):
+        raise TypeError(
+            f"fetcher must return an awaitable (define it with `async def`); "
+            f"{fetcher!r} returned {type(result).__name__}"
+        )
+    return await result

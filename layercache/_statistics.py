@@ -1,0 +1,52 @@
+"""Frozen snapshots returned by ``CacheStack.statistics()``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStatistics:
+    """One layer's counters at the moment of the snapshot.
+
+    ``hits``/``misses`` count the layer's own lookups (a backfill read counts too);
+    ``size`` and ``max_size`` are None where the layer cannot know them cheaply.
+    """
+
+    name: str
+    kind: str
+    state: str
+    hits: int
+    misses: int
+    writes: int
+    deletes: int
+    evictions: int
+    expirations: int
+    size: int | None
+    max_size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatistics:
+    """A stack's counters at the moment of the snapshot.
+
+    - ``hits``: ``get`` calls answered from a layer; ``misses``: ``get`` calls no layer
+      could answer (whether or not a fetcher then ran). ``hits == sum(layer_hits)``.
+    - ``layer_hits``: for each layer name, the ``get`` calls that layer answered.
+    - ``fetches``: fetcher calls started; ``fetch_errors``: those that raised.
+    - ``loads_in_flight`` / ``waiters``: single-flight loads running now and the
+      callers waiting on them.
+    - ``stale_loads``: loads whose result was not written because the key was changed
+      or invalidated while they ran (the callers still got the value).
+    """
+
+    hits: int
+    misses: int
+    fetches: int
+    fetch_errors: int
+    layer_hits: Mapping[str, int]
+    loads_in_flight: int
+    waiters: int
+    stale_loads: int
+    layers: tuple[LayerStatistics, ...]

@@ -1,0 +1,75 @@
+"""Argument checks shared by the stack and the layers.
+
+Keys, TTLs and tags are checked once, where they enter the stack; layers trust them.
+Type errors raise :class:`TypeError`, bad values :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+MAX_KEY_LENGTH = 1024
+"""Longest key (and tag) accepted, in characters."""
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+    if not key:
+        raise ValueError("cache keys must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"cache keys must be at most {MAX_KEY_LENGTH} characters, got {len(key)}")
+    return key
+
+
+def check_keys(keys: object) -> list[str]:
+    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+        raise TypeError(
+            f"keys must be an iterable of str (not a single str), got {type(keys).__name__}"
+        )
+    return [check_key(key) for key in keys]
+
+
+def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
+    """Return ``ttl`` as a float, or None for "the layer's default"."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(ttl).__name__}")
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {ttl!r}")
+    return float(ttl)
+
+
+def check_tags(tags: object) -> frozenset[str]:
+    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+        raise TypeError(
+            "tags must be an iterable of str (for one tag write tags=[tag]), "
+            f"got {type(tags).__name__}"
+        )
+    return frozenset([check_tag(tag) for tag in tags])
+
+
+def check_tag(tag: object) -> str:
+    if not isinstance(tag, str):
+        raise TypeError(f"tags must be str, not {type(tag).__name__}")
+    if not tag:
+        raise ValueError("tags must not be empty")
+    if len(tag) > MAX_KEY_LENGTH:
+        raise ValueError(f"tags must be at most {MAX_KEY_LENGTH} characters, got {len(tag)}")
+    return tag
+
+
+def check_max_size(max_size: object) -> int:
+    if isinstance(max_size, bool) or not isinstance(max_size, int):
+        raise TypeError(f"max_size must be an int, not {type(max_size).__name__}")
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    return max_size
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a layer name must be a non-empty str, got {name!r}")
+    return name
