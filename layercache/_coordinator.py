@@ -18,6 +18,7 @@ it would overwrite the newer state.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -50,7 +51,18 @@ MISSING: object = _Missing()
 class Flight:
     """One load in flight and the result its callers wait for."""
 
-    __slots__ = ("_done", "_error", "_outcome", "fetcher", "key", "stale", "tags", "ttl", "waiters")
+    __slots__ = (
+        "_done",
+        "_error",
+        "_outcome",
+        "context",
+        "fetcher",
+        "key",
+        "stale",
+        "tags",
+        "ttl",
+        "waiters",
+    )
 
     def __init__(
         self, key: str, fetcher: Fetcher | None, ttl: float | None, tags: frozenset[str]
@@ -61,6 +73,9 @@ class Flight:
         self.tags = tags
         self.waiters = 0
         self.stale = False
+        # The first caller's context variables (request ids, tracing spans, sessions):
+        # the fetcher sees them as if the caller had spawned the load itself.
+        self.context = contextvars.copy_context()
         self._done = anyio.Event()
         self._outcome: Outcome = (MISSING, None)
         self._error: BaseException | None = None
@@ -124,7 +139,7 @@ class Coordinator:
         # ``_flights``, and each flight for at least one caller that joined it.
         send, receive = anyio.create_memory_object_stream[StartLoad](math.inf)
         try:
-            async with receive, anyio.create_task_group() as loads:
+            async with send, receive, anyio.create_task_group() as loads:
                 self._inbox = send
                 task_status.started()
                 async for message in receive:
@@ -193,6 +208,8 @@ class Coordinator:
             flight.waiters -= 1
 
     async def _run_load(self, flight: Flight) -> None:
+        for variable, value in flight.context.items():
+            variable.set(value)
         try:
             outcome = await self._load(flight)
         except anyio.get_cancelled_exc_class():

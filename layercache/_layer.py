@@ -25,6 +25,10 @@ from ._statistics import LayerStatistics
 NO_TAGS: frozenset[str] = frozenset()
 
 
+def _not_attached() -> float:
+    raise RuntimeError("the layer is not attached to a running CacheStack")
+
+
 @dataclass(frozen=True, slots=True)
 class Hit:
     """A value found in a layer, with what a backfill into faster layers needs."""
@@ -55,7 +59,8 @@ class Layer(ABC):
     def __init__(self, *, name: str, ttl: float | None) -> None:
         self.name = name
         self.ttl = ttl
-        self._in_use = False
+        self.clock: Clock = _not_attached
+        self._attached = False
 
     def effective_ttl(self, ttl: float | None) -> float | None:
         """The TTL a write with ``ttl`` gets here (None = this layer's default)."""
@@ -72,21 +77,27 @@ class Layer(ABC):
             return remaining
         return min(remaining, self.ttl)
 
-    def claim(self) -> None:
-        """Mark the layer as owned by a running stack (a layer serves one stack)."""
-        if self._in_use:
-            raise RuntimeError(f"layer {self.name!r} is already in use by another stack")
-        self._in_use = True
+    def attach(self, clock: Clock) -> None:
+        """Give the layer to a stack that is starting; ``clock`` is its time source.
 
-    def release(self) -> None:
-        self._in_use = False
+        :raises RuntimeError: the layer already serves another stack.
+        """
+        if self._attached:
+            raise RuntimeError(f"layer {self.name!r} is already in use by another stack")
+        self._attached = True
+        self.clock = clock
+
+    def detach(self) -> None:
+        """Let go of the stack (called when it has stopped)."""
+        self._attached = False
+        self.clock = _not_attached
 
     def encode(self, value: object) -> object:
         """Return ``value`` as this layer stores it; raise SerializationError if it can't."""
         return value
 
     @abstractmethod
-    async def run(self, clock: Clock, *, task_status: TaskStatus[None]) -> None:
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
         """The layer's actor task: serve until cancelled, then let go of resources."""
 
     @abstractmethod

@@ -26,7 +26,6 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._clock import Clock
 from ._layer import NO_TAGS, Hit, LocalLayer, Write
 from ._statistics import LayerStatistics
 from ._validation import check_max_size, check_name, check_ttl
@@ -69,10 +68,6 @@ class _Entry:
         self.tags = tags
 
 
-def _not_running() -> float:
-    raise RuntimeError("the memory layer is not running inside a CacheStack")
-
-
 class MemoryLayer(LocalLayer):
     """An in-process LRU layer.
 
@@ -99,7 +94,6 @@ class MemoryLayer(LocalLayer):
         self.sweep_interval = interval
         self._data: OrderedDict[str, _Entry] = OrderedDict()
         self._tags: dict[str, set[str]] = {}
-        self._clock: Clock = _not_running
         self._inbox: MemoryObjectSendStream[Message] | None = None
         self._hits = self._misses = self._writes = self._deletes = 0
         self._evictions = self._expirations = 0
@@ -113,14 +107,18 @@ class MemoryLayer(LocalLayer):
     def __len__(self) -> int:
         return len(self._data)
 
+    @property
+    def tag_count(self) -> int:
+        """Distinct tags indexed (only tags of entries held here are kept)."""
+        return len(self._tags)
+
     # -- the actor ---------------------------------------------------------------
 
-    async def run(self, clock: Clock, *, task_status: TaskStatus[None]) -> None:
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
         send, receive = anyio.create_memory_object_stream[Message](INBOX_SIZE)
-        self._clock = clock
         self._inbox = send
         try:
-            async with receive:
+            async with send, receive:
                 task_status.started()
                 while True:
                     message: Message = Sweep()
@@ -135,7 +133,6 @@ class MemoryLayer(LocalLayer):
             # trio's randomly offset clock) could not read them correctly.
             self._inbox = None
             self.clear_nowait()
-            self._clock = _not_running
 
     def post(self, message: Message) -> None:
         """Queue a message for the actor. A full inbox clears the layer instead.
@@ -176,7 +173,7 @@ class MemoryLayer(LocalLayer):
         return self._sweep_keys(list(self._data))
 
     def _sweep_keys(self, keys: list[str]) -> int:
-        now = self._clock()
+        now = self.clock()
         removed = 0
         for key in keys:
             entry = self._data.get(key)
@@ -194,7 +191,7 @@ class MemoryLayer(LocalLayer):
             self._misses += 1
             return default
         expires = entry.expires
-        if expires is not None and expires <= self._clock():
+        if expires is not None and expires <= self.clock():
             self._remove(key, entry)
             self._expirations += 1
             self._misses += 1
@@ -205,7 +202,7 @@ class MemoryLayer(LocalLayer):
 
     def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Hit]:
         found: dict[str, Hit] = {}
-        now = self._clock()
+        now = self.clock()
         for key in keys:
             entry = self._data.get(key)
             if entry is None:
@@ -226,7 +223,7 @@ class MemoryLayer(LocalLayer):
         return found
 
     def write_many_nowait(self, writes: Iterable[Write]) -> None:
-        now = self._clock()
+        now = self.clock()
         data = self._data
         for write in writes:
             key = write.key

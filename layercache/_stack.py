@@ -116,22 +116,22 @@ class CacheStack:
         if self._state != _NEW:
             raise RuntimeError("a CacheStack can be entered only once; create a new one")
         self._state = _CLOSED  # until every actor is up
-        claimed: list[Layer] = []
+        attached: list[Layer] = []
         try:
-            for layer in self._layers:
-                layer.claim()
-                claimed.append(layer)
             clock = self._clock or loop_clock()
+            for layer in self._layers:
+                layer.attach(clock)
+                attached.append(layer)
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
         except BaseException:
-            for layer in claimed:
-                layer.release()
+            for layer in attached:
+                layer.detach()
             raise
         self._task_group = task_group
         try:
             for layer in self._layers:
-                await task_group.start(layer.run, clock, name=f"layercache layer {layer.name!r}")
+                await task_group.start(layer.run, name=f"layercache layer {layer.name!r}")
             await task_group.start(self._coordinator.run, name="layercache coordinator")
         except BaseException as error:
             await self._shut_down(error)
@@ -165,7 +165,7 @@ class CacheStack:
             return None
         finally:
             for layer in self._layers:
-                layer.release()
+                layer.detach()
 
     def _check_open(self) -> None:
         if self._state != _OPEN:

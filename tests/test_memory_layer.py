@@ -1,0 +1,192 @@
+"""The memory layer's synchronous handlers, tested without an event loop, and its actor."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from layercache import CacheStack, MemoryLayer, Write
+from layercache._memory import Clear, Invalidate, InvalidateTag, Sweep
+from layercache.testing import FakeClock, LayerContract
+
+
+def _layer(clock: FakeClock, **kwargs: object) -> MemoryLayer:
+    layer = MemoryLayer(**kwargs)  # type: ignore[arg-type]
+    layer.attach(clock)
+    return layer
+
+
+def _write(layer: MemoryLayer, key: str, ttl: float | None = None, *tags: str) -> None:
+    layer.write_many_nowait([Write(key, key.upper(), ttl, frozenset(tags))])
+
+
+def test_lru_evicts_the_least_recently_used(clock: FakeClock) -> None:
+    layer = _layer(clock, max_size=3)
+    for key in "abc":
+        _write(layer, key)
+    assert layer.get_nowait("a") == "A"  # a is now the most recent
+    _write(layer, "d")
+    assert layer.get_nowait("b", "gone") == "gone"
+    assert [layer.get_nowait(key) for key in "acd"] == ["A", "C", "D"]
+    assert layer.statistics().evictions == 1
+
+
+def test_get_many_and_overwrite_refresh_recency(clock: FakeClock) -> None:
+    layer = _layer(clock, max_size=3)
+    for key in "abc":
+        _write(layer, key)
+    layer.get_many_nowait(["a"])
+    _write(layer, "b")  # overwriting makes b recent too
+    _write(layer, "d")
+    assert set(layer.get_many_nowait("abcd")) == {"a", "b", "d"}
+
+
+def test_expired_entries_are_never_served(clock: FakeClock) -> None:
+    layer = _layer(clock)
+    _write(layer, "short", 5)
+    _write(layer, "forever", None)
+    clock.advance(4.999)
+    assert layer.get_nowait("short") == "SHORT"
+    clock.advance(0.001)
+    assert layer.get_nowait("short", "expired") == "expired"
+    assert layer.get_many_nowait(["short"]) == {}
+    assert layer.get_nowait("forever") == "FOREVER"
+    stats = layer.statistics()
+    assert (stats.expirations, stats.size) == (1, 1)
+
+
+def test_remaining_ttl_is_reported(clock: FakeClock) -> None:
+    layer = _layer(clock)
+    _write(layer, "k", 10)
+    clock.advance(4)
+    hit = layer.get_many_nowait(["k"])["k"]
+    assert hit.ttl == pytest.approx(6)
+
+
+def test_sweep_drops_expired_entries_only(clock: FakeClock) -> None:
+    layer = _layer(clock)
+    for n in range(100):
+        _write(layer, f"short:{n}", 1, "t")
+        _write(layer, f"long:{n}", 100, "t")
+    clock.advance(2)
+    assert layer.sweep_nowait() == 100
+    assert len(layer) == 100
+    assert layer.invalidate_tag_nowait("t") == {f"long:{n}" for n in range(100)}
+
+
+def test_tag_index_never_outlives_the_entries(clock: FakeClock) -> None:
+    layer = _layer(clock, max_size=10)
+    for n in range(10_000):
+        _write(layer, f"key:{n}", 5 if n % 2 else None, f"tag:{n}", "shared")
+    assert len(layer) == 10
+    assert layer.tag_count == 11
+    clock.advance(10)
+    layer.sweep_nowait()
+    assert layer.tag_count == 6
+    layer.delete_many_nowait([f"key:{n}" for n in range(9990, 10_000, 2)])
+    assert layer.tag_count == 0
+    _write(layer, "a", None, "x")
+    _write(layer, "a", None, "y")  # overwrite replaces the tags
+    assert layer.invalidate_tag_nowait("x") == set()
+    assert layer.tag_count == 1
+    layer.clear_nowait()
+    assert (len(layer), layer.tag_count) == (0, 0)
+
+
+def test_invalidate_tag_unindexes_the_other_tags(clock: FakeClock) -> None:
+    layer = _layer(clock)
+    _write(layer, "a", None, "x", "y")
+    _write(layer, "b", None, "y")
+    assert layer.invalidate_tag_nowait("x") == {"a"}
+    assert layer.invalidate_tag_nowait("y") == {"b"}
+    assert layer.tag_count == 0
+
+
+def test_inbox_messages_apply_synchronously(clock: FakeClock) -> None:
+    layer = _layer(clock)
+    for key in "abcd":
+        _write(layer, key, 1 if key == "d" else None, "t" if key == "c" else "u")
+    layer.handle(Invalidate(("a",)))
+    layer.handle(InvalidateTag("t"))
+    clock.advance(2)
+    layer.handle(Sweep())
+    assert set(layer.get_many_nowait("abcd")) == {"b"}
+    layer.handle(Clear())
+    assert len(layer) == 0
+
+
+def test_a_detached_layer_refuses_to_read_time() -> None:
+    layer = MemoryLayer()
+    with pytest.raises(RuntimeError, match="not attached"):
+        layer.write_many_nowait([Write("k", 1, 5.0)])
+
+
+@pytest.mark.anyio
+async def test_actor_applies_posted_messages(clock: FakeClock) -> None:
+    layer = MemoryLayer()
+    async with CacheStack([layer], clock=clock) as cache:
+        await cache.set_many({"a": 1, "b": 2, "c": 3})
+        await cache.set("d", 4, tags=["t"])
+        await cache.set("e", 5, ttl=1)
+        layer.post(Invalidate(("a",)))
+        layer.post(InvalidateTag("t"))
+        clock.advance(2)
+        layer.post(Sweep())
+        await anyio.wait_all_tasks_blocked()
+        assert len(layer) == 2
+        assert layer.statistics().expirations == 1
+        layer.post(Clear())
+        await anyio.wait_all_tasks_blocked()
+        assert len(layer) == 0
+
+
+@pytest.mark.anyio
+async def test_full_inbox_clears_instead_of_dropping_invalidations(clock: FakeClock) -> None:
+    from layercache._memory import INBOX_SIZE
+
+    layer = MemoryLayer()
+    async with CacheStack([layer], clock=clock) as cache:
+        await cache.set("kept-until-overflow", 1)
+        # No checkpoint between posts, so the actor cannot drain: one message goes to
+        # the waiting actor, INBOX_SIZE fill the buffer, and the next one overflows.
+        for n in range(INBOX_SIZE + 1):
+            layer.post(Invalidate((f"other:{n}",)))
+        assert len(layer) == 1
+        for n in range(1):
+            layer.post(Invalidate((f"other:{n}",)))
+        assert len(layer) == 0
+        await anyio.wait_all_tasks_blocked()
+
+
+@pytest.mark.anyio
+async def test_post_to_a_stopped_layer_is_ignored(clock: FakeClock) -> None:
+    layer = MemoryLayer()
+    layer.post(Clear())
+    async with CacheStack([layer], clock=clock):
+        pass
+    layer.post(Clear())
+
+
+@pytest.mark.anyio
+async def test_two_memory_layers_backfill_with_remaining_ttl(clock: FakeClock) -> None:
+    small = MemoryLayer(max_size=2, ttl=5, name="small")
+    big = MemoryLayer(max_size=100, name="big")
+    async with CacheStack([small, big], clock=clock) as cache:
+        for key in "abc":
+            await cache.set(key, key.upper(), ttl=60, tags=["t"])
+        assert len(small) == 2  # "a" was evicted from the small layer only
+        assert await cache.get("a") == "A"
+        assert cache.statistics().layer_hits == {"small": 0, "big": 1}
+        hit = small.get_many_nowait(["a"])["a"]
+        assert hit.ttl == 5  # the small layer's own TTL caps the backfill
+        assert hit.tags == frozenset({"t"})
+        assert await cache.get("a") == "A"
+        assert cache.statistics().layer_hits == {"small": 1, "big": 1}
+        clock.advance(6)
+        assert await cache.get_many(["a", "b", "c"]) == {"a": "A", "b": "B", "c": "C"}
+        assert await cache.invalidate_by_tag("t") == 3
+
+
+class TestMemoryLayerContract(LayerContract):
+    def make_layer(self, *, ttl: float | None = None, max_size: int = 1000) -> MemoryLayer:
+        return MemoryLayer(ttl=ttl, max_size=max_size)
