@@ -11,6 +11,11 @@ from ._layer import Write as Write
 from ._memory import MemoryLayer as MemoryLayer
 from ._options import CircuitBreaker as CircuitBreaker
 from ._options import GracefulDegradation as GracefulDegradation
+from ._redis_layer import RedisLayer as RedisLayer
+from ._serializers import JsonSerializer as JsonSerializer
+from ._serializers import MsgpackSerializer as MsgpackSerializer
+from ._serializers import PickleSerializer as PickleSerializer
+from ._serializers import Serializer as Serializer
 from ._stack import CacheStack as CacheStack
 from ._statistics import CacheStatistics as CacheStatistics
 from ._statistics import LayerStatistics as LayerStatistics
@@ -23,11 +28,16 @@ __all__ = (
     "CircuitBreaker",
     "GracefulDegradation",
     "Hit",
+    "JsonSerializer",
     "Layer",
     "LayerStatistics",
     "LayerUnavailableError",
     "LocalLayer",
     "MemoryLayer",
+    "MsgpackSerializer",
+    "PickleSerializer",
+    "RedisLayer",
     "SerializationError",
+    "Serializer",
     "Write",
 )

@@ -25,6 +25,10 @@ class LayerStatistics:
     expirations: int
     size: int | None
     max_size: int | None
+    errors: int = 0
+    """Requests that failed (connection lost, timeout, error reply)."""
+    corrupt: int = 0
+    """Stored values that did not decode: treated as misses and deleted."""
 
 
 @dataclass(frozen=True, slots=True)

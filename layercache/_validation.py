@@ -20,6 +20,7 @@ def check_key(key: object) -> str:
         raise ValueError("cache keys must not be empty")
     if len(key) > MAX_KEY_LENGTH:
         raise ValueError(f"cache keys must be at most {MAX_KEY_LENGTH} characters, got {len(key)}")
+    _check_utf8(key, "cache keys")
     return key
 
 
@@ -58,7 +59,17 @@ def check_tag(tag: object) -> str:
         raise ValueError("tags must not be empty")
     if len(tag) > MAX_KEY_LENGTH:
         raise ValueError(f"tags must be at most {MAX_KEY_LENGTH} characters, got {len(tag)}")
+    _check_utf8(tag, "tags")
     return tag
+
+
+def _check_utf8(text: str, what: str) -> None:
+    # Remote layers store names as UTF-8; a lone surrogate has no UTF-8 form.
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} must be encodable as UTF-8: {text!r}") from None
 
 
 def check_max_size(max_size: object) -> int:

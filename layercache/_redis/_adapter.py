@@ -1,0 +1,96 @@
+"""``client=``: an existing ``redis.asyncio.Redis``-compatible client as a transport.
+
+It gives the Redis layer the same interface as :class:`~._transport.Transport`. Each
+batch becomes one non-transactional redis-py pipeline, run in the adapter's own task
+group so batches overlap as the client's connection pool allows. redis-py runs on
+asyncio only; under trio the adapter refuses to start and says to use ``url=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import hiredis
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._connection import Command
+from ._errors import RedisConfigurationError, RedisConnectionError
+from ._transport import Deliver
+
+
+def _running_on_trio() -> bool:
+    try:
+        import sniffio
+    except ImportError:  # pragma: no cover
+        return False
+    return sniffio.current_async_library() == "trio"
+
+
+class ClientTransport:
+    """Batches sent through a redis-py compatible asyncio client."""
+
+    def __init__(self, client: Any, *, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+        self._task_group: TaskGroup | None = None
+        self.connected = True
+
+    def __repr__(self) -> str:
+        return f"<ClientTransport {self.client!r}>"
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        if _running_on_trio():
+            raise TypeError(
+                "RedisLayer(client=...) takes a redis.asyncio client, which runs on asyncio "
+                "only; under trio pass url='redis://...' instead"
+            )
+        pool = getattr(self.client, "connection_pool", None)
+        if getattr(pool, "connection_kwargs", {}).get("decode_responses"):
+            raise RedisConfigurationError(
+                "the client decodes responses to str; layercache stores bytes: create it "
+                "with decode_responses=False"
+            )
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._task_group = None
+
+    async def send(self, commands: Sequence[Command], deliver: Deliver) -> None:
+        task_group = self._task_group
+        if task_group is None:
+            deliver(RedisConnectionError("the client transport is not running"))
+            return
+        task_group.start_soon(self._execute, commands, deliver)
+
+    async def _execute(self, commands: Sequence[Command], deliver: Deliver) -> None:
+        try:
+            with anyio.fail_after(self.timeout):
+                pipeline = self.client.pipeline(transaction=False)
+                for command in commands:
+                    pipeline.execute_command(*command)
+                replies = await pipeline.execute(raise_on_error=False)
+        except TimeoutError as error:
+            self.connected = False
+            deliver(RedisConnectionError(f"no reply within {self.timeout} s: {error}"))
+        except Exception as error:  # redis-py's connection errors, OSError, ...
+            self.connected = False
+            deliver(RedisConnectionError(f"{type(error).__name__}: {error}"))
+        else:
+            self.connected = True
+            deliver([_normalize(reply) for reply in replies])
+
+
+def _normalize(reply: object) -> object:
+    """Bring redis-py's parsed replies back to the raw RESP shapes hiredis gives."""
+    if isinstance(reply, Exception):
+        return hiredis.ReplyError(str(reply))
+    if reply is True:
+        return b"OK"
+    if isinstance(reply, tuple):
+        return [_normalize(item) for item in reply]
+    return reply

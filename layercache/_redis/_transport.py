@@ -1,0 +1,214 @@
+"""A pipelined transport over one Redis connection.
+
+The owner (a layer actor) is the only writer: :meth:`Transport.send` packs a batch of
+commands, records it as pending and writes it. The transport's reader task parses
+replies in order and hands each batch its replies through the batch's ``deliver``
+callback. Callers never touch the socket: they wait on whatever ``deliver`` fills, so a
+cancelled caller cannot leave a reply unread or desynchronise the connection.
+
+Deadlines: every batch has one (``timeout`` seconds after it was sent). If the oldest
+pending batch passes it with no reply, the connection is taken as dead: every pending
+batch fails with :class:`RedisConnectionError`, the connection is closed, and the
+transport reconnects in the background with jittered exponential back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._address import RedisAddress
+from ._connection import Command, Connection, pack
+from ._errors import RedisConnectionError, RedisError
+
+logger = logging.getLogger("layercache.redis.transport")
+
+Deliver = Callable[[list[object] | RedisError], None]
+"""Receives a batch's replies in order (error replies as values), or the error that
+ended the connection before they came."""
+
+RECONNECT_FIRST = 0.05
+RECONNECT_MAX = 5.0
+
+
+class _Batch:
+    __slots__ = ("count", "deadline", "deliver", "replies")
+
+    def __init__(self, count: int, deliver: Deliver, deadline: float) -> None:
+        self.count = count
+        self.deliver = deliver
+        self.deadline = deadline
+        self.replies: list[object] = []
+
+
+class Transport:
+    """Pipelined batches over one connection to ``address``."""
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._ssl_context = ssl_context
+        self._on_connect = on_connect
+        self._connection: Connection | None = None
+        self._pending: deque[_Batch] = deque()
+        self._batch_sent = anyio.Event()
+        self.connects = 0
+        self.disconnects = 0
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connection is not None else "disconnected"
+        return f"<Transport {self.address.display()} {state} pending={len(self._pending)}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """Connect, then read replies and reconnect until cancelled.
+
+        A server that refuses the configuration (AUTH, SELECT) at the first attempt
+        fails the start; an unreachable one does not: the transport starts
+        disconnected and keeps trying in the background.
+        """
+        try:
+            await self._connect()
+        except RedisConnectionError as error:
+            logger.warning("%s; will retry in the background", error)
+        task_status.started()
+        delay = RECONNECT_FIRST
+        try:
+            while True:
+                connection = self._connection
+                if connection is None:
+                    # Full jitter: instances that lost one server do not return in step.
+                    await anyio.sleep(random.uniform(0, delay))
+                    delay = min(delay * 2, RECONNECT_MAX)
+                    try:
+                        await self._connect()
+                    except RedisError as error:
+                        logger.debug("reconnect to %s failed: %s", self.address.display(), error)
+                    continue
+                delay = RECONNECT_FIRST
+                await self._serve(connection)
+        finally:
+            connection = self._connection
+            self._connection = None
+            self._fail_pending(RedisConnectionError("the transport stopped"))
+            if connection is not None:
+                await connection.aclose()
+
+    async def _connect(self) -> None:
+        try:
+            with anyio.fail_after(self.timeout):
+                connection = await Connection.open(self.address, ssl_context=self._ssl_context)
+        except TimeoutError as error:
+            raise RedisConnectionError(
+                f"connecting to {self.address.display()} timed out after {self.timeout} s"
+            ) from error
+        self._connection = connection
+        self.connects += 1
+        if self.connects > 1:
+            logger.info("reconnected to %s", self.address.display())
+        if self._on_connect is not None:
+            self._on_connect()
+
+    async def send(self, commands: Sequence[Command], deliver: Deliver) -> None:
+        """Write ``commands`` as one batch; ``deliver`` gets their replies later.
+
+        Never raises for the connection's sake: a batch that cannot be sent is
+        delivered the error at once.
+        """
+        connection = self._connection
+        if connection is None:
+            deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
+            return
+        self._pending.append(_Batch(len(commands), deliver, anyio.current_time() + self.timeout))
+        self._batch_sent.set()
+        try:
+            await connection.send(pack(commands))
+        except RedisConnectionError as error:
+            await self._break(connection, error)
+
+    async def call(self, commands: Sequence[Command]) -> list[object]:
+        """Send a batch and wait for its replies (for callers that can simply wait)."""
+        done = anyio.Event()
+        result: list[list[object] | RedisError] = []
+
+        def deliver(replies: list[object] | RedisError) -> None:
+            result.append(replies)
+            done.set()
+
+        await self.send(commands, deliver)
+        await done.wait()
+        outcome = result[0]
+        if isinstance(outcome, RedisError):
+            raise outcome
+        return outcome
+
+    async def _serve(self, connection: Connection) -> None:
+        """Read and watch deadlines until the connection breaks."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._watch, connection)
+            await self._read(connection)
+            tasks.cancel_scope.cancel()
+
+    async def _read(self, connection: Connection) -> None:
+        """Hand replies to their batches, in order, until the connection breaks."""
+        while self._connection is connection:
+            try:
+                replies = await connection.receive()
+            except RedisConnectionError as error:
+                await self._break(connection, error)
+                return
+            for reply in replies:
+                if not self._pending:
+                    await self._break(connection, RedisConnectionError("reply to no request"))
+                    return
+                batch = self._pending[0]
+                batch.replies.append(reply)
+                if len(batch.replies) == batch.count:
+                    self._pending.popleft()
+                    batch.deliver(batch.replies)
+
+    async def _watch(self, connection: Connection) -> None:
+        """Break the connection when the oldest batch outlives its deadline."""
+        while self._connection is connection:
+            if not self._pending:
+                self._batch_sent = anyio.Event()
+                await self._batch_sent.wait()
+                continue
+            delay = self._pending[0].deadline - anyio.current_time()
+            if delay > 0:
+                await anyio.sleep(delay)
+                continue
+            error = RedisConnectionError(
+                f"no reply from {self.address.display()} within {self.timeout} s"
+            )
+            await self._break(connection, error)
+
+    async def _break(self, connection: Connection, error: RedisConnectionError) -> None:
+        if self._connection is not connection:
+            return
+        logger.warning("lost connection to %s: %s", self.address.display(), error)
+        self._connection = None
+        self.disconnects += 1
+        self._fail_pending(error)
+        await connection.aclose()
+
+    def _fail_pending(self, error: RedisError) -> None:
+        pending, self._pending = self._pending, deque()
+        for batch in pending:
+            batch.deliver(error)

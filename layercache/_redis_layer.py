@@ -1,0 +1,417 @@
+"""The Redis layer actor: the shared L2 on a Redis server.
+
+Owns: a transport (one pipelined connection of its own for ``url=``, or an adapted
+``redis.asyncio`` client for ``client=``), the inbox callers post requests to, and the
+layer's counters.
+
+Takes: :class:`Read` and :class:`Call`. The actor drains every request waiting in its
+inbox and sends them as one batch: the keys of all the reads become one ``MGET`` (with a
+``PTTL`` per key, so a hit carries its remaining TTL), the calls' commands follow in the
+same pipeline. 200 concurrent reads cost one or two round trips, not 200.
+
+Callers wait on a one-shot reply slot with the layer's ``timeout`` as deadline; they
+never touch the socket, so a cancelled or timed-out caller leaves the connection in step.
+Bytes that are not a value this layer wrote are a miss: the key is deleted and counted
+(``statistics().layers[i].corrupt``), and nothing in them is executed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import hiredis
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._exceptions import LayerUnavailableError
+from ._layer import Hit, Layer, Write
+from ._redis._address import RedisAddress, parse_redis_url
+from ._redis._adapter import ClientTransport
+from ._redis._connection import Command
+from ._redis._errors import RedisConfigurationError, RedisError, RedisReplyError
+from ._redis._scripts import DELETE, INVALIDATE_TAG, WRITE, Script
+from ._redis._transport import Transport
+from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
+from ._statistics import LayerStatistics
+from ._validation import check_name, check_ttl
+
+logger = logging.getLogger("layercache.redis")
+
+DEFAULT_TIMEOUT = 1.0
+"""Seconds any Redis request may take before the call gives up on the layer."""
+INBOX_SIZE = 10_000
+MAX_BATCH = 1_000
+DELETE_CHUNK = 500
+SCAN_COUNT = 1_000
+
+
+class _Reply:
+    """A one-shot slot a caller waits on and the actor fills."""
+
+    __slots__ = ("_done", "error", "value")
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: object) -> None:
+        if not self._done.is_set():
+            self.value = value
+            self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self.error = error
+            self._done.set()
+
+    async def wait(self) -> Any:
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    keys: tuple[str, ...]
+    reply: _Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    commands: list[Command]
+    reply: _Reply | None
+
+
+Request = Read | Call
+
+
+class KeySpace:
+    """The Redis names of one prefix's values, tag index and locks: disjoint by design,
+    since each sub-namespace starts with its own marker right after the prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.values = f"{prefix}v:"
+        self.tag_sets = f"{prefix}t:"
+        self.key_tags = f"{prefix}k:"
+        self.locks = f"{prefix}l:"
+
+    def everything(self) -> str:
+        """A SCAN pattern matching every name under the prefix, and nothing else."""
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return f"{escaped}*"
+
+
+class RedisLayer(Layer):
+    """A layer on a Redis server, shared by every stack that uses it.
+
+    :param url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
+        ``unix:///path?db=N``. Works on asyncio and trio.
+    :param client: instead of ``url``, an existing ``redis.asyncio.Redis``-compatible
+        client (``decode_responses=False``), e.g. ``fakeredis.FakeAsyncRedis()``;
+        asyncio only.
+    :param ttl: default seconds an entry lives in Redis (None: no expiry).
+    :param prefix: namespaces every name this layer writes (values, tag index, locks).
+    :param timeout: seconds any request may take (default 1.0): a black-holed server
+        slows a call by at most this much.
+    :param serializer: ``"json"`` (default), ``"msgpack"``, or a ``Serializer`` such as
+        ``PickleSerializer(key=...)``.
+    :param ssl_context: for ``rediss://``, a custom ``ssl.SSLContext`` (e.g. a private CA).
+    :raises TypeError, ValueError: for bad arguments (checked here, without I/O).
+    """
+
+    local = False
+
+    def __init__(
+        self,
+        url: str | None = None,
+        client: Any = None,
+        ttl: float | None = None,
+        prefix: str = "layercache:",
+        timeout: float = DEFAULT_TIMEOUT,
+        serializer: Any = None,
+        name: str = "redis",
+        *,
+        ssl_context: Any = None,
+    ) -> None:
+        super().__init__(name=check_name(name), ttl=check_ttl(ttl))
+        if (url is None) == (client is None):
+            raise TypeError("RedisLayer needs exactly one of url= or client=")
+        self.address: RedisAddress | None = parse_redis_url(url) if url is not None else None
+        self.client = client
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        self.prefix = prefix
+        self.keys = KeySpace(prefix)
+        checked_timeout = check_ttl(timeout, name="timeout")
+        if checked_timeout is None:
+            raise ValueError("timeout must be a positive finite number of seconds")
+        self.timeout = checked_timeout
+        self.serializer = resolve_serializer(serializer)
+        self._ssl_context = ssl_context
+        self._transport: Transport | ClientTransport | None = None
+        self._inbox: MemoryObjectSendStream[Request] | None = None
+        self._hits = self._misses = self._writes = self._deletes = 0
+        self._errors = self._corrupt = self._batches = 0
+
+    def __repr__(self) -> str:
+        where = self.address.display() if self.address is not None else repr(self.client)
+        return f"<RedisLayer {self.name!r} {where} prefix={self.prefix!r} {self._state()}>"
+
+    def _state(self) -> str:
+        transport = self._transport
+        if transport is None:
+            return "stopped"
+        return "connected" if transport.connected else "disconnected"
+
+    # -- the actor ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        transport: Transport | ClientTransport
+        if self.address is not None:
+            transport = Transport(self.address, timeout=self.timeout, ssl_context=self._ssl_context)
+        else:
+            transport = ClientTransport(self.client, timeout=self.timeout)
+        send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)
+        async with anyio.create_task_group() as tasks, send, receive:
+            try:
+                await tasks.start(transport.run)
+            except RedisConfigurationError as error:
+                raise LayerUnavailableError(self.name, str(error)) from error
+            self._transport = transport
+            self._inbox = send
+            task_status.started()
+            try:
+                while True:
+                    batch = [await receive.receive()]
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    await self._dispatch(transport, batch)
+            finally:
+                self._inbox = None
+                self._transport = None
+                tasks.cancel_scope.cancel()
+
+    async def _dispatch(self, transport: Transport | ClientTransport, batch: list[Request]) -> None:
+        self._batches += 1
+        reads = [request for request in batch if isinstance(request, Read)]
+        calls = [request for request in batch if isinstance(request, Call)]
+        keys = list(dict.fromkeys(key for read in reads for key in read.keys))
+        commands: list[Command] = []
+        if keys:
+            names = [self.keys.values + key for key in keys]
+            commands.append(("MGET", *names))
+            commands.extend(("PTTL", name) for name in names)
+        spans: list[tuple[_Reply | None, int, int]] = []
+        for call in calls:
+            spans.append((call.reply, len(commands), len(commands) + len(call.commands)))
+            commands.extend(call.commands)
+        if not commands:
+            for read in reads:
+                read.reply.set({})
+            return
+
+        def deliver(replies: list[object] | RedisError) -> None:
+            if isinstance(replies, RedisError):
+                for request in batch:
+                    if request.reply is not None:
+                        request.reply.fail(replies)
+                return
+            if reads:
+                found = self._decode(keys, replies[0], replies[1 : 1 + len(keys)])
+                for read in reads:
+                    if isinstance(found, RedisError):
+                        read.reply.fail(found)
+                    else:
+                        read.reply.set({key: found[key] for key in read.keys if key in found})
+            for reply, start, end in spans:
+                if reply is not None:
+                    reply.set(replies[start:end])
+
+        await transport.send(commands, deliver)
+
+    def _decode(
+        self, keys: list[str], values: object, ttls: Sequence[object]
+    ) -> dict[str, Hit] | RedisError:
+        if not isinstance(values, list):
+            return RedisReplyError(f"MGET failed: {values}")
+        found: dict[str, Hit] = {}
+        corrupt: list[str] = []
+        for key, raw, ttl_ms in zip(keys, values, ttls, strict=True):
+            if raw is None or not isinstance(ttl_ms, int) or ttl_ms == -2:
+                continue
+            try:
+                value, tags = unwrap(self.serializer, raw)
+            except CorruptValue as error:
+                logger.debug("dropping undecodable value at %r: %s", key, error)
+                corrupt.append(key)
+                continue
+            found[key] = Hit(value, None if ttl_ms < 0 else ttl_ms / 1000, tags)
+        self._hits += len(found)
+        self._misses += len(keys) - len(found)
+        if corrupt:
+            self._corrupt += len(corrupt)
+            self._post(Call(self._delete_commands(corrupt), None))
+        return found
+
+    def _post(self, request: Request) -> None:
+        inbox = self._inbox
+        if inbox is not None:
+            try:
+                inbox.send_nowait(request)
+            except anyio.WouldBlock:
+                logger.warning("redis layer %r inbox full: dropping a clean-up", self.name)
+
+    # -- requests, from the callers' tasks ---------------------------------------------
+
+    async def _request(self, make: Callable[[_Reply], Request]) -> Any:
+        inbox = self._inbox
+        if inbox is None:
+            raise LayerUnavailableError(self.name, "the layer is not running")
+        reply = _Reply()
+        try:
+            with anyio.fail_after(self.timeout):
+                await inbox.send(make(reply))
+                return await reply.wait()
+        except TimeoutError as error:
+            self._errors += 1
+            raise LayerUnavailableError(self.name, f"no answer within {self.timeout} s") from error
+        except RedisError as error:
+            self._errors += 1
+            raise LayerUnavailableError(self.name, str(error)) from error
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as error:
+            raise LayerUnavailableError(self.name, "the layer stopped") from error
+
+    async def _call(self, commands: list[Command], scripts: Sequence[Script] = ()) -> list[object]:
+        """Run ``commands`` in one batch; raise on the first error reply.
+
+        Script calls that meet an empty script cache (a restarted server) are sent
+        again as EVAL, which loads them.
+        """
+        replies: list[object] = await self._request(lambda reply: Call(commands, reply))
+        retry = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        if retry:
+            by_sha = {script.sha: script for script in scripts}
+            again = [_as_eval(commands[i], by_sha) for i in retry]
+            for i, reply in zip(retry, await self._request(lambda r: Call(again, r)), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                self._errors += 1
+                raise LayerUnavailableError(self.name, f"Redis answered: {reply}") from (
+                    RedisReplyError(str(reply))
+                )
+        return replies
+
+    # -- the layer interface -----------------------------------------------------------
+
+    def encode(self, value: object) -> bytes:
+        return self.serializer.dumps(value)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
+        if not keys:
+            return {}
+        found: dict[str, Hit] = await self._request(lambda reply: Read(tuple(keys), reply))
+        return found
+
+    async def write_many(self, writes: Sequence[Write]) -> None:
+        if not writes:
+            return
+        commands = [self._write_command(write) for write in writes]
+        await self._call(commands, (WRITE,))
+        self._writes += len(writes)
+
+    def _write_command(self, write: Write) -> Command:
+        body = write.value
+        if not isinstance(body, bytes):
+            body = self.encode(body)
+        ttl_ms = 0 if write.ttl is None else max(1, math.ceil(write.ttl * 1000))
+        tags = sorted(write.tags)
+        keys = [self.keys.values + write.key, self.keys.key_tags + write.key]
+        keys.extend(self.keys.tag_sets + tag for tag in tags)
+        envelope = wrap(self.serializer, body, write.tags)
+        return WRITE.evalsha(keys, [envelope, ttl_ms, write.key, self.keys.tag_sets, *tags])
+
+    def _delete_commands(self, keys: Sequence[str]) -> list[Command]:
+        commands: list[Command] = []
+        for start in range(0, len(keys), DELETE_CHUNK):
+            chunk = keys[start : start + DELETE_CHUNK]
+            names: list[str] = []
+            for key in chunk:
+                names += (self.keys.values + key, self.keys.key_tags + key)
+            commands.append(DELETE.evalsha(names, [self.keys.tag_sets, *chunk]))
+        return commands
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return
+        replies = await self._call(self._delete_commands(unique), (DELETE,))
+        self._deletes += sum(reply for reply in replies if isinstance(reply, int))
+
+    async def invalidate_tag(self, tag: str) -> set[str]:
+        command = INVALIDATE_TAG.evalsha(
+            [self.keys.tag_sets + tag],
+            [self.keys.tag_sets, self.keys.values, self.keys.key_tags, tag],
+        )
+        (reply,) = await self._call([command], (INVALIDATE_TAG,))
+        removed = {key.decode() for key in reply} if isinstance(reply, list) else set()
+        self._deletes += len(removed)
+        return removed
+
+    async def clear(self) -> None:
+        """Remove every name under this layer's prefix (SCAN + UNLINK, never FLUSHDB)."""
+        pattern = self.keys.everything()
+        cursor: bytes | int = b"0"
+        while True:
+            (reply,) = await self._call([("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)])
+            cursor, names = _parse_scan(reply)
+            if names:
+                await self._call([("UNLINK", *names)])
+            if int(cursor) == 0:
+                return
+
+    def statistics(self) -> LayerStatistics:
+        return LayerStatistics(
+            name=self.name,
+            kind="redis",
+            state=self._state(),
+            hits=self._hits,
+            misses=self._misses,
+            writes=self._writes,
+            deletes=self._deletes,
+            evictions=0,
+            expirations=0,
+            size=None,
+            max_size=None,
+            errors=self._errors,
+            corrupt=self._corrupt,
+        )
+
+
+def _is_noscript(reply: object) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _as_eval(command: Command, scripts: dict[str, Script]) -> Command:
+    script = scripts[str(command[1])]
+    return ("EVAL", script.source, *command[2:])
+
+
+def _parse_scan(reply: object) -> tuple[bytes | int, list[bytes]]:
+    if not isinstance(reply, list) or len(reply) != 2:
+        raise LayerUnavailableError("redis", f"unexpected SCAN reply {reply!r}")
+    cursor, names = reply
+    if not isinstance(cursor, bytes | int) or not isinstance(names, list):
+        raise LayerUnavailableError("redis", f"unexpected SCAN reply {reply!r}")
+    return cursor, names
