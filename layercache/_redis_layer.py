@@ -30,8 +30,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._exceptions import LayerUnavailableError
 from ._layer import Hit, Layer, Write
-from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._adapter import ClientTransport
+from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._connection import Command
 from ._redis._errors import RedisConfigurationError, RedisError, RedisReplyError
 from ._redis._scripts import DELETE, INVALIDATE_TAG, WRITE, Script
