@@ -142,10 +142,17 @@ class Coordinator:
             async with send, receive, anyio.create_task_group() as loads:
                 self._inbox = send
                 task_status.started()
-                async for message in receive:
-                    loads.start_soon(
-                        self._run_load, message.flight, name=f"layercache load {message.flight!r}"
-                    )
+                while True:
+                    # Start every load waiting, then yield: loads that start in the same
+                    # turn reach the slower layers together and share their round trips.
+                    message = await receive.receive()
+                    while True:
+                        flight = message.flight
+                        loads.start_soon(self._run_load, flight, name=f"layercache load {flight!r}")
+                        try:
+                            message = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
         finally:
             self._inbox = None
             closed = CacheClosedError("the CacheStack exited while this load was running")

@@ -257,16 +257,27 @@ class MemoryLayer(LocalLayer):
                 self._deletes += 1
 
     def invalidate_tag_nowait(self, tag: str) -> set[str]:
+        """Remove every entry carrying ``tag``; return the keys of the live ones.
+
+        Expired entries go too but are not returned: whether a sweep or a read got
+        to them first must not change the answer.
+        """
         keys = self._tags.pop(tag, None)
         if not keys:
             return set()
+        now = self.clock()
+        live = set()
         for key in keys:
             entry = self._data.pop(key)
             others = entry.tags - {tag}
             if others:
                 self._unindex(key, others)
-        self._deletes += len(keys)
-        return keys
+            if entry.expires is None or entry.expires > now:
+                live.add(key)
+            else:
+                self._expirations += 1
+        self._deletes += len(live)
+        return live
 
     def clear_nowait(self) -> None:
         self._deletes += len(self._data)

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import hiredis
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import LayerUnavailableError
 from ._layer import Hit, Layer, Write
@@ -180,27 +180,39 @@ class RedisLayer(Layer):
         else:
             transport = ClientTransport(self.client, timeout=self.timeout)
         send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)
+        refused: RedisConfigurationError | None = None
         async with anyio.create_task_group() as tasks, send, receive:
             try:
                 await tasks.start(transport.run)
             except RedisConfigurationError as error:
-                raise LayerUnavailableError(self.name, str(error)) from error
-            self._transport = transport
-            self._inbox = send
-            task_status.started()
-            try:
-                while True:
-                    batch = [await receive.receive()]
-                    while len(batch) < MAX_BATCH:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except anyio.WouldBlock:
-                            break
-                    await self._dispatch(transport, batch)
-            finally:
-                self._inbox = None
-                self._transport = None
-                tasks.cancel_scope.cancel()
+                # Raised below, outside the task group, so it is not wrapped in a group.
+                refused = error
+            else:
+                self._transport = transport
+                self._inbox = send
+                task_status.started()
+                try:
+                    await self._serve(transport, receive)
+                finally:
+                    self._inbox = None
+                    self._transport = None
+                    tasks.cancel_scope.cancel()
+        if refused is not None:
+            raise LayerUnavailableError(self.name, str(refused)) from refused
+
+    async def _serve(
+        self, transport: Transport | ClientTransport, receive: MemoryObjectReceiveStream[Request]
+    ) -> None:
+        while True:
+            batch = [await receive.receive()]
+            # While a round trip is under way, let requests gather: they go out together.
+            await transport.wait_idle()
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            await self._dispatch(transport, batch)
 
     async def _dispatch(self, transport: Transport | ClientTransport, batch: list[Request]) -> None:
         self._batches += 1

@@ -243,7 +243,11 @@ class CacheStack:
             self._misses += 1
             return default
         flight = self._coordinator.join(key, fetcher, checked_ttl, checked_tags)
-        value, source = await self._coordinator.wait(flight)
+        try:
+            value, source = await self._coordinator.wait(flight)
+        except Exception:
+            self._misses += 1  # no layer answered; the fetcher (or a layer) failed
+            raise
         if source is None:
             self._misses += 1
         else:

@@ -35,6 +35,8 @@ class ClientTransport:
         self.client = client
         self.timeout = timeout
         self._task_group: TaskGroup | None = None
+        self._in_flight = 0
+        self._idle = anyio.Event()
         self.connected = True
 
     def __repr__(self) -> str:
@@ -60,14 +62,30 @@ class ClientTransport:
             finally:
                 self._task_group = None
 
+    async def wait_idle(self) -> None:
+        """Return once no batch is executing (see ``Transport.wait_idle``)."""
+        while self._in_flight:
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            await self._idle.wait()
+
     async def send(self, commands: Sequence[Command], deliver: Deliver) -> None:
         task_group = self._task_group
         if task_group is None:
             deliver(RedisConnectionError("the client transport is not running"))
             return
+        self._in_flight += 1
         task_group.start_soon(self._execute, commands, deliver)
 
     async def _execute(self, commands: Sequence[Command], deliver: Deliver) -> None:
+        try:
+            await self._execute_pipeline(commands, deliver)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _execute_pipeline(self, commands: Sequence[Command], deliver: Deliver) -> None:
         try:
             with anyio.fail_after(self.timeout):
                 pipeline = self.client.pipeline(transaction=False)

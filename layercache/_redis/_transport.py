@@ -65,6 +65,8 @@ class Transport:
         self._connection: Connection | None = None
         self._pending: deque[_Batch] = deque()
         self._batch_sent = anyio.Event()
+        self._connected = anyio.Event()
+        self._idle = anyio.Event()
         self.connects = 0
         self.disconnects = 0
 
@@ -119,11 +121,29 @@ class Transport:
                 f"connecting to {self.address.display()} timed out after {self.timeout} s"
             ) from error
         self._connection = connection
+        self._connected.set()
         self.connects += 1
         if self.connects > 1:
             logger.info("reconnected to %s", self.address.display())
         if self._on_connect is not None:
             self._on_connect()
+
+    async def wait_connected(self) -> None:
+        """Return once a connection is up (at once if it is)."""
+        while self._connection is None:
+            await self._connected.wait()
+
+    async def wait_idle(self) -> None:
+        """Return once no batch awaits its replies.
+
+        The layer actor waits here before sending the next batch: while a round trip
+        is under way, requests gather in its inbox and go out together after it, so a
+        busy layer costs about one round trip per batch and an idle one adds no delay.
+        """
+        while self._pending:
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            await self._idle.wait()
 
     async def send(self, commands: Sequence[Command], deliver: Deliver) -> None:
         """Write ``commands`` as one batch; ``deliver`` gets their replies later.
@@ -181,6 +201,8 @@ class Transport:
                 batch.replies.append(reply)
                 if len(batch.replies) == batch.count:
                     self._pending.popleft()
+                    if not self._pending:
+                        self._idle.set()
                     batch.deliver(batch.replies)
 
     async def _watch(self, connection: Connection) -> None:
@@ -204,11 +226,13 @@ class Transport:
             return
         logger.warning("lost connection to %s: %s", self.address.display(), error)
         self._connection = None
+        self._connected = anyio.Event()
         self.disconnects += 1
         self._fail_pending(error)
         await connection.aclose()
 
     def _fail_pending(self, error: RedisError) -> None:
         pending, self._pending = self._pending, deque()
+        self._idle.set()
         for batch in pending:
             batch.deliver(error)

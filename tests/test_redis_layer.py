@@ -1,0 +1,425 @@
+"""The Redis layer against a real redis-server, on asyncio and trio.
+
+Rules: every test uses its own key prefix on the shared server (or its own server when
+it kills or reconfigures it); waiting is on events or on the layer's own answers, never
+on sleeps; no timing assertions.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from layercache import (
+    CacheStack,
+    LayerUnavailableError,
+    MemoryLayer,
+    PickleSerializer,
+    RedisLayer,
+    SerializationError,
+)
+from layercache._redis._address import parse_redis_url
+from layercache._redis._transport import Transport
+from layercache.testing import LayerContract
+
+from .helpers import GatedFetcher
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def raw(redis_server: Any) -> AsyncIterator[Transport]:
+    """A bare transport to look at and tamper with what the layer stored."""
+    transport = Transport(parse_redis_url(redis_server.url), timeout=5.0)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(transport.run)
+        yield transport
+        tasks.cancel_scope.cancel()
+
+
+class TestRedisLayerContract(LayerContract):
+    follows_clock = False
+
+    @pytest.fixture(autouse=True)
+    def _server(self, redis_server: Any) -> None:
+        self.url = redis_server.url
+
+    def make_layer(self, *, ttl: float | None = None, max_size: int = 1000) -> RedisLayer:
+        return RedisLayer(url=self.url, ttl=ttl, prefix=f"contract:{uuid.uuid4().hex}:")
+
+
+async def test_layout_keeps_values_tags_and_index_apart(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        # A user key that looks like an internal name must not collide with one.
+        await cache.set("t:colour", "a value", tags=["colour"])
+        await cache.set("colour", "another", tags=["t:colour"])
+        (names,) = await raw.call([("KEYS", prefix + "*")])
+        assert isinstance(names, list)
+        assert sorted(names) == sorted(
+            f"{prefix}{name}".encode()
+            for name in (
+                "v:t:colour",
+                "v:colour",
+                "t:colour",
+                "t:t:colour",
+                "k:t:colour",
+                "k:colour",
+            )
+        )
+        assert await cache.invalidate_by_tag("colour") == 1
+        assert await cache.get_many(["t:colour", "colour"]) == {"colour": "another"}
+
+
+async def test_ttl_is_set_in_milliseconds(redis_server: Any, prefix: str, raw: Transport) -> None:
+    async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix, ttl=100)]) as cache:
+        await cache.set("short", 1, ttl=1.5)
+        await cache.set("default", 1)
+        short, default = await raw.call(
+            [("PTTL", prefix + "v:short"), ("PTTL", prefix + "v:default")]
+        )
+        assert isinstance(short, int)
+        assert isinstance(default, int)
+        assert 1000 < short <= 1500
+        assert 99_000 < default <= 100_000
+
+
+async def test_l2_hit_backfills_memory_with_the_remaining_ttl(
+    redis_server: Any, prefix: str
+) -> None:
+    memory = MemoryLayer(ttl=60)
+    async with CacheStack([memory, RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        await cache.set("short", "s", ttl=5, tags=["t"])
+        await cache.set("long", "l", ttl=3600)
+        memory.clear_nowait()
+        assert await cache.get("short") == "s"
+        assert await cache.get_many(["long"]) == {"long": "l"}
+        hits = memory.get_many_nowait(["short", "long"])
+        short_ttl, long_ttl = hits["short"].ttl, hits["long"].ttl
+        assert short_ttl is not None
+        assert long_ttl is not None
+        assert 0 < short_ttl <= 5  # what Redis had left
+        assert 59 < long_ttl <= 60  # capped by the memory layer's own TTL
+        assert hits["short"].tags == frozenset({"t"})
+        stats = cache.statistics()
+        assert stats.layer_hits == {"memory": 0, "redis": 2}
+
+
+async def test_tag_index_lives_in_redis(redis_server: Any, prefix: str) -> None:
+    async with CacheStack([MemoryLayer(), RedisLayer(url=redis_server.url, prefix=prefix)]) as a:
+        await a.set_many({"x": 1, "y": 2}, tags=["group"])
+        await a.set("z", 3, tags=["other"])
+    async with CacheStack([MemoryLayer(), RedisLayer(url=redis_server.url, prefix=prefix)]) as b:
+        assert await b.invalidate_by_tag("group") == 2
+        assert await b.get_many(["x", "y", "z"]) == {"z": 3}
+
+
+async def test_overwrite_and_delete_leave_no_stale_tag_membership(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        await cache.set("k", 1, tags=["old", "both"])
+        await cache.set("k", 2, tags=["both"])
+        await cache.set("gone", 3, tags=["both"])
+        await cache.delete("gone")
+        old, both, key_tags = await raw.call(
+            [
+                ("SMEMBERS", prefix + "t:old"),
+                ("SMEMBERS", prefix + "t:both"),
+                ("SMEMBERS", prefix + "k:k"),
+            ]
+        )
+        assert old == []
+        assert both == [b"k"]
+        assert key_tags == [b"both"]
+
+
+async def test_tag_set_lives_as_long_as_its_longest_member(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        await cache.set("long", 1, ttl=1000, tags=["t"])
+        await cache.set("short", 1, ttl=10, tags=["t"])
+        (left,) = await raw.call([("PTTL", prefix + "t:t")])
+        assert isinstance(left, int)
+        assert left > 900_000
+        await cache.set("forever", 1, tags=["t"])
+        assert await raw.call([("PTTL", prefix + "t:t")]) == [-1]
+
+
+async def test_clear_removes_only_this_prefix(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    # Unescaped, the pattern for "…a*:" would also match the sibling prefix "…ab:".
+    starred, sibling = prefix + "a*:", prefix + "ab:"
+    async with (
+        CacheStack([RedisLayer(url=redis_server.url, prefix=starred, name="mine")]) as mine,
+        CacheStack([RedisLayer(url=redis_server.url, prefix=sibling, name="other")]) as other,
+    ):
+        await mine.set_many({f"k{n}": n for n in range(2500)}, tags=["t"])
+        await other.set("survivor", 1, tags=["t"])
+        await raw.call([("SET", prefix + "a-neighbour", "x")])
+        await mine.clear()
+        assert await mine.get_many(["k0", "k2499"]) == {}
+        (left,) = await raw.call([("KEYS", prefix + "*")])
+        assert isinstance(left, list)
+        expected = [sibling + "v:survivor", sibling + "t:t", sibling + "k:survivor"]
+        assert set(left) == {name.encode() for name in [*expected, prefix + "a-neighbour"]}
+        assert await other.get("survivor") == 1
+        await other.clear()
+
+
+async def test_unserializable_value_writes_no_layer(redis_server: Any, prefix: str) -> None:
+    memory = MemoryLayer()
+    async with CacheStack([memory, RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        with pytest.raises(SerializationError):
+            await cache.set("k", {1, 2, 3})
+        with pytest.raises(SerializationError):
+            await cache.set_many({"fine": 1, "bad": object()})
+
+        async def fetch_unserializable() -> object:
+            return object()
+
+        with pytest.raises(SerializationError):
+            await cache.get("f", fetch_unserializable)
+        assert len(memory) == 0
+        assert await cache.get_many(["k", "fine", "bad", "f"]) == {}
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not an envelope",
+        b"",
+        b"\xc1LC\x01\x01\x00\x05\x00",  # tag count beyond the data
+        b"\xc1LC\x01\x01\x00\x00{broken json",
+        b"\xc1LC\x02\x01\x00\x00[]",  # unknown format version
+        b"\xc1LC\x01\x03\x00\x00" + pickle.dumps("pickled"),  # another serializer's id
+        pickle.dumps(ZeroDivisionError),
+    ],
+)
+async def test_undecodable_bytes_are_a_miss_and_get_deleted(
+    redis_server: Any, prefix: str, raw: Transport, garbage: bytes
+) -> None:
+    layer = RedisLayer(url=redis_server.url, prefix=prefix)
+    async with CacheStack([MemoryLayer(), layer]) as cache:
+        await raw.call([("SET", prefix + "v:k", garbage)])
+        fetcher = GatedFetcher(value="fresh")
+        fetcher.open()
+        assert await cache.get("k", fetcher) == "fresh"
+        assert layer.statistics().corrupt == 1
+        # The bad bytes were replaced by the fetched value, not served or kept.
+        assert await layer.get_many(["k"]) != {}
+
+
+class _Explodes:
+    ran = False
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (_mark_ran, ())
+
+
+def _mark_ran() -> None:
+    _Explodes.ran = True
+
+
+async def test_forged_pickle_is_never_unpickled(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    key = b"k" * 16
+    layer = RedisLayer(url=redis_server.url, prefix=prefix, serializer=PickleSerializer(key=key))
+    async with CacheStack([layer]) as cache:
+        await cache.set("good", {"a": (1, 2)})
+        assert await cache.get("good") == {"a": (1, 2)}  # pickle keeps tuples
+        forged = b"\xc1LC\x01\x03\x00\x00" + b"\x00" * 32 + pickle.dumps(_Explodes())
+        await raw.call([("SET", prefix + "v:evil", forged)])
+        assert await cache.get("evil", default="miss") == "miss"
+        assert not _Explodes.ran
+        assert layer.statistics().corrupt == 1
+        assert await raw.call([("EXISTS", prefix + "v:evil")]) == [0]
+
+
+async def test_msgpack_serializer_round_trips(redis_server: Any, prefix: str) -> None:
+    layer = RedisLayer(url=redis_server.url, prefix=prefix, serializer="msgpack")
+    async with CacheStack([layer]) as cache:
+        await cache.set("k", {"bytes": b"\x00\xff", "list": [1, 2.5, None]})
+        assert await cache.get("k") == {"bytes": b"\x00\xff", "list": [1, 2.5, None]}
+
+
+async def test_concurrent_reads_become_few_round_trips(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    layer = RedisLayer(url=redis_server.url, prefix=prefix)
+    async with CacheStack([layer]) as cache:
+        await cache.set_many({f"k{n}": n for n in range(200)})
+        before = await _command_calls(raw, "mget")
+        results: dict[str, object] = {}
+
+        async def read(key: str) -> None:
+            results[key] = await cache.get(key)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(200):
+                tg.start_soon(read, f"k{n}")
+        assert results == {f"k{n}": n for n in range(200)}
+        mgets = await _command_calls(raw, "mget") - before
+        assert 1 <= mgets <= 5
+
+
+async def test_single_flight_covers_the_l2_read(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    async with CacheStack(
+        [MemoryLayer(), RedisLayer(url=redis_server.url, prefix=prefix)]
+    ) as cache:
+        await cache.set("k", "v")
+        await cache.layers[0].clear()
+        before = await _command_calls(raw, "mget")
+        results: list[object] = []
+
+        async def read() -> None:
+            results.append(await cache.get("k"))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(read)
+        assert results == ["v"] * 100
+        assert await _command_calls(raw, "mget") - before == 1
+
+
+async def test_randomly_cancelled_requests_never_get_a_wrong_reply(
+    redis_server: Any, prefix: str
+) -> None:
+    rng = random.Random(1234)
+    layer = RedisLayer(url=redis_server.url, prefix=prefix)
+    async with CacheStack([layer]) as cache:
+        await cache.set_many({f"k{n}": n for n in range(300)})
+        wrong: list[tuple[str, object]] = []
+        completed = cancelled = 0
+
+        async def read(key: str, scope: anyio.CancelScope) -> None:
+            nonlocal completed
+            with scope:
+                found = await layer.get_many([key])
+                completed += 1
+                if found[key].value != int(key[1:]):
+                    wrong.append((key, found[key].value))
+
+        for _ in range(10):
+            scopes = [anyio.CancelScope() for _ in range(300)]
+            async with anyio.create_task_group() as tg:
+                for n, scope in enumerate(scopes):
+                    tg.start_soon(read, f"k{n}", scope)
+                # Cancel a random third, at random points of their lives.
+                for scope in rng.sample(scopes, 100):
+                    for _ in range(rng.randrange(4)):
+                        await anyio.lowlevel.checkpoint()
+                    scope.cancel()
+            cancelled += sum(scope.cancelled_caught for scope in scopes)
+        assert wrong == []
+        assert completed + cancelled == 3000
+        assert cancelled > 0
+        # The connection is still in step: every key reads back its own value.
+        assert await cache.get_many([f"k{n}" for n in range(300)]) == {
+            f"k{n}": n for n in range(300)
+        }
+
+
+async def test_bad_urls_fail_at_construction() -> None:
+    for url in ("http://localhost", "redis://", "redis://host:notaport", "redis://h/x", "unix://"):
+        with pytest.raises(ValueError, match="Redis URL"):
+            RedisLayer(url=url)
+    with pytest.raises(TypeError, match="exactly one"):
+        RedisLayer()
+    with pytest.raises(TypeError, match="exactly one"):
+        RedisLayer(url="redis://localhost", client=object())
+    with pytest.raises(ValueError, match="timeout"):
+        RedisLayer(url="redis://localhost", timeout=0)
+
+
+async def test_database_number_in_the_url(redis_server: Any, prefix: str, raw: Transport) -> None:
+    async with CacheStack([RedisLayer(url=redis_server.url + "/3", prefix=prefix)]) as cache:
+        await cache.set("k", "in db 3")
+    assert await raw.call([("EXISTS", prefix + "v:k")]) == [0]
+    async with CacheStack([RedisLayer(url=redis_server.url + "/3", prefix=prefix)]) as cache:
+        assert await cache.get("k") == "in db 3"
+        await cache.clear()
+
+
+async def test_password_from_the_url(password_redis_server: Any, prefix: str) -> None:
+    async with CacheStack([RedisLayer(url=password_redis_server.url, prefix=prefix)]) as cache:
+        await cache.set("k", 1)
+        assert await cache.get("k") == 1
+    wrong = password_redis_server.url.replace(password_redis_server.password, "wrong")
+    with pytest.raises(LayerUnavailableError, match="authentication failed"):
+        async with CacheStack([RedisLayer(url=wrong, prefix=prefix)]):
+            pass
+
+
+async def test_unix_socket(unix_redis_server: Any, prefix: str) -> None:
+    assert unix_redis_server.url.startswith("unix://")
+    async with CacheStack([RedisLayer(url=unix_redis_server.url, prefix=prefix)]) as cache:
+        await cache.set("k", "over a unix socket")
+        assert await cache.get("k") == "over a unix socket"
+
+
+async def test_unreachable_server_starts_and_raises_per_call(prefix: str) -> None:
+    with anyio.fail_after(30):
+        port = _free_port()
+        layer = RedisLayer(url=f"redis://127.0.0.1:{port}", prefix=prefix, timeout=0.5)
+        async with CacheStack([MemoryLayer(), layer]) as cache:
+            assert layer.statistics().state == "disconnected"
+            with pytest.raises(LayerUnavailableError, match="not connected"):
+                await cache.set("k", 1)
+            assert await cache.get_many([]) == {}
+
+
+async def test_reconnects_after_the_server_restarts(own_redis_server: Any, prefix: str) -> None:
+    layer = RedisLayer(url=own_redis_server.url, prefix=prefix, timeout=2.0)
+    async with CacheStack([layer]) as cache:
+        await cache.set("k", "before")
+        own_redis_server.kill()
+        with pytest.raises(LayerUnavailableError):
+            await cache.get("k")
+        own_redis_server.start()
+        with anyio.fail_after(20):
+            await _transport(layer).wait_connected()
+        await cache.set("k", "after")  # the script cache is empty now: EVAL takes over
+        assert await cache.get("k") == "after"
+
+
+def _transport(layer: RedisLayer) -> Transport:
+    transport = layer._transport
+    assert isinstance(transport, Transport)
+    return transport
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _command_calls(raw: Transport, command: str) -> int:
+    (info,) = await raw.call([("INFO", "commandstats")])
+    assert isinstance(info, bytes)
+    for line in info.decode().splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
