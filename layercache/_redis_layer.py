@@ -86,7 +86,7 @@ class Read:
 @dataclass(frozen=True, slots=True)
 class Call:
     commands: list[Command]
-    reply: _Reply | None
+    reply: _Reply
 
 
 Request = Read | Call
@@ -180,11 +180,11 @@ class RedisLayer(Layer):
         else:
             transport = ClientTransport(self.client, timeout=self.timeout)
         send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)
-        refused: RedisConfigurationError | None = None
+        refused: Exception | None = None
         async with anyio.create_task_group() as tasks, send, receive:
             try:
                 await tasks.start(transport.run)
-            except RedisConfigurationError as error:
+            except Exception as error:
                 # Raised below, outside the task group, so it is not wrapped in a group.
                 refused = error
             else:
@@ -197,8 +197,10 @@ class RedisLayer(Layer):
                     self._inbox = None
                     self._transport = None
                     tasks.cancel_scope.cancel()
-        if refused is not None:
+        if isinstance(refused, RedisConfigurationError):
             raise LayerUnavailableError(self.name, str(refused)) from refused
+        if refused is not None:
+            raise refused
 
     async def _serve(
         self, transport: Transport | ClientTransport, receive: MemoryObjectReceiveStream[Request]
@@ -224,7 +226,7 @@ class RedisLayer(Layer):
             names = [self.keys.values + key for key in keys]
             commands.append(("MGET", *names))
             commands.extend(("PTTL", name) for name in names)
-        spans: list[tuple[_Reply | None, int, int]] = []
+        spans: list[tuple[_Reply, int, int]] = []
         for call in calls:
             spans.append((call.reply, len(commands), len(commands) + len(call.commands)))
             commands.extend(call.commands)
@@ -236,29 +238,34 @@ class RedisLayer(Layer):
         def deliver(replies: list[object] | RedisError) -> None:
             if isinstance(replies, RedisError):
                 for request in batch:
-                    if request.reply is not None:
-                        request.reply.fail(replies)
+                    request.reply.fail(replies)
                 return
             if reads:
-                found = self._decode(keys, replies[0], replies[1 : 1 + len(keys)])
+                decoded = self._decode(keys, replies[0], replies[1 : 1 + len(keys)])
                 for read in reads:
-                    if isinstance(found, RedisError):
-                        read.reply.fail(found)
-                    else:
-                        read.reply.set({key: found[key] for key in read.keys if key in found})
+                    if isinstance(decoded, RedisError):
+                        read.reply.fail(decoded)
+                        continue
+                    found, corrupt = decoded
+                    read.reply.set(
+                        (
+                            {key: found[key] for key in read.keys if key in found},
+                            [key for key in read.keys if key in corrupt],
+                        )
+                    )
             for reply, start, end in spans:
-                if reply is not None:
-                    reply.set(replies[start:end])
+                reply.set(replies[start:end])
 
         await transport.send(commands, deliver)
 
     def _decode(
         self, keys: list[str], values: object, ttls: Sequence[object]
-    ) -> dict[str, Hit] | RedisError:
+    ) -> tuple[dict[str, Hit], set[str]] | RedisError:
+        """Decode an MGET and its PTTLs: the hits, and the keys holding bad bytes."""
         if not isinstance(values, list):
             return RedisReplyError(f"MGET failed: {values}")
         found: dict[str, Hit] = {}
-        corrupt: list[str] = []
+        corrupt: set[str] = set()
         for key, raw, ttl_ms in zip(keys, values, ttls, strict=True):
             if raw is None or not isinstance(ttl_ms, int) or ttl_ms == -2:
                 continue
@@ -266,23 +273,13 @@ class RedisLayer(Layer):
                 value, tags = unwrap(self.serializer, raw)
             except CorruptValue as error:
                 logger.debug("dropping undecodable value at %r: %s", key, error)
-                corrupt.append(key)
+                corrupt.add(key)
                 continue
             found[key] = Hit(value, None if ttl_ms < 0 else ttl_ms / 1000, tags)
         self._hits += len(found)
         self._misses += len(keys) - len(found)
-        if corrupt:
-            self._corrupt += len(corrupt)
-            self._post(Call(self._delete_commands(corrupt), None))
-        return found
-
-    def _post(self, request: Request) -> None:
-        inbox = self._inbox
-        if inbox is not None:
-            try:
-                inbox.send_nowait(request)
-            except anyio.WouldBlock:
-                logger.warning("redis layer %r inbox full: dropping a clean-up", self.name)
+        self._corrupt += len(corrupt)
+        return found, corrupt
 
     # -- requests, from the callers' tasks ---------------------------------------------
 
@@ -333,7 +330,16 @@ class RedisLayer(Layer):
     async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
         if not keys:
             return {}
-        found: dict[str, Hit] = await self._request(lambda reply: Read(tuple(keys), reply))
+        found: dict[str, Hit]
+        corrupt: list[str]
+        found, corrupt = await self._request(lambda reply: Read(tuple(keys), reply))
+        if corrupt:
+            # Bad bytes are deleted before the caller goes on, so whatever it writes
+            # next (a fetched value, say) cannot race with the clean-up.
+            try:
+                await self._call(self._delete_commands(corrupt), (DELETE,))
+            except LayerUnavailableError as error:
+                logger.debug("could not delete undecodable values %r: %s", corrupt, error)
         return found
 
     async def write_many(self, writes: Sequence[Write]) -> None:

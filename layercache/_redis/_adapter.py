@@ -106,6 +106,8 @@ class ClientTransport:
 def _normalize(reply: object) -> object:
     """Bring redis-py's parsed replies back to the raw RESP shapes hiredis gives."""
     if isinstance(reply, Exception):
+        if type(reply).__name__ == "NoScriptError":  # redis-py strips the error code
+            return hiredis.ReplyError(f"NOSCRIPT {reply}")
         return hiredis.ReplyError(str(reply))
     if reply is True:
         return b"OK"
