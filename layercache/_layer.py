@@ -14,7 +14,7 @@ layer cannot serialize is rejected before a single layer is changed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from anyio.abc import TaskStatus
@@ -136,7 +136,19 @@ class LocalLayer(Layer):
 
     @abstractmethod
     def get_nowait(self, key: str, default: object = None) -> object:
-        """The hot path: the value for ``key``, or ``default``. No Hit is allocated."""
+        """The value for ``key``, or ``default``. No Hit is allocated."""
+
+    def reader(self, missing: object) -> Callable[[str], object]:
+        """A fast read for the stack's hot path: the value or ``missing``.
+
+        It may skip bookkeeping (the stack counts its hits and takes the slow path on
+        ``missing``). The default reads through :meth:`get_nowait`.
+        """
+
+        def read(key: str) -> object:
+            return self.get_nowait(key, missing)
+
+        return read
 
     @abstractmethod
     def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Hit]: ...

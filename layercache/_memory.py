@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import anyio
@@ -184,6 +184,30 @@ class MemoryLayer(LocalLayer):
         return removed
 
     # -- synchronous handlers ----------------------------------------------------
+
+    def reader(self, missing: object) -> Callable[[str], object]:
+        """The hot path for the stack that owns this layer: a closure over the store.
+
+        ``read(key)`` returns the live value (refreshing its recency) or ``missing``.
+        It counts nothing and removes nothing: on ``missing`` the stack takes the slow
+        path, which reads the key again through :meth:`get_many_nowait` and does the
+        accounting. The stack counts the hits. One Python frame instead of two is
+        about a tenth of a hit's cost. Valid while the layer stays attached.
+        """
+        lookup = self._data.get
+        touch = self._data.move_to_end
+        clock = self.clock
+
+        def read(key: str) -> object:
+            entry = lookup(key)
+            if entry is not None:
+                expires = entry.expires
+                if expires is None or expires > clock():
+                    touch(key)
+                    return entry.value
+            return missing
+
+        return read
 
     def get_nowait(self, key: str, default: object = None) -> object:
         entry = self._data.get(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
@@ -26,7 +27,7 @@ from ._coordinator import MISSING, Coordinator, Fetcher, Flight, Outcome
 from ._exceptions import CacheClosedError
 from ._layer import NO_TAGS, Hit, Layer, LocalLayer, Write
 from ._options import CircuitBreaker, GracefulDegradation
-from ._statistics import CacheStatistics
+from ._statistics import CacheStatistics, LayerStatistics
 from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
 
 logger = logging.getLogger("layercache.stack")
@@ -95,7 +96,7 @@ class CacheStack:
         self._coordinator = Coordinator(self._load)
         self._state = _NEW
         self._task_group: TaskGroup | None = None
-        self._fast_layer: LocalLayer | None = None
+        self._fast_read: Callable[[str], object] | None = None
         self._fast_hits = 0
         self._layer_hits = dict.fromkeys(names, 0)
         self._misses = 0
@@ -138,7 +139,7 @@ class CacheStack:
             raise
         self._state = _OPEN
         if self._local:
-            self._fast_layer = self._local[0]
+            self._fast_read = self._local[0].reader(MISSING)
         return self
 
     async def __aexit__(
@@ -151,7 +152,7 @@ class CacheStack:
 
     async def _shut_down(self, exc: BaseException | None) -> bool | None:
         self._state = _CLOSED
-        self._fast_layer = None
+        self._fast_read = None
         task_group = self._task_group
         assert task_group is not None
         self._task_group = None
@@ -203,20 +204,19 @@ class CacheStack:
         Whatever the fetcher raises reaches every caller waiting on that load and is
         not cached.
         """
-        layer = self._fast_layer
+        read = self._fast_read
         if (
-            layer is not None
+            read is not None
             and type(key) is str
             and ttl is None
             and not tags
             and (fetcher is None or callable(fetcher))
         ):
-            value = layer.get_nowait(key, MISSING)
+            value = read(key)
             if value is not MISSING:
                 self._fast_hits += 1
                 return value
-            return await self._get_slow(key, fetcher, None, NO_TAGS, default, first=1)
-        return await self._get_slow(key, fetcher, ttl, tags, default, first=0)
+        return await self._get_slow(key, fetcher, ttl, tags, default)
 
     async def _get_slow(
         self,
@@ -225,7 +225,6 @@ class CacheStack:
         ttl: object,
         tags: object,
         default: Any,
-        first: int,
     ) -> Any:
         self._check_open()
         key = check_key(key)
@@ -233,7 +232,7 @@ class CacheStack:
         checked_tags = check_tags(tags)
         if fetcher is not None and not callable(fetcher):
             raise TypeError(f"fetcher must be a zero-argument async callable, not {fetcher!r}")
-        for index in range(first, len(self._local)):
+        for index in range(len(self._local)):
             hit = self._local[index].get_many_nowait((key,)).get(key)
             if hit is not None:
                 self._backfill_local(index, {key: hit})
@@ -454,8 +453,16 @@ class CacheStack:
             loads_in_flight=self._coordinator.loads_in_flight,
             waiters=self._coordinator.waiters,
             stale_loads=self._stale_loads,
-            layers=tuple(layer.statistics() for layer in self._layers),
+            layers=tuple(self._layer_statistics()),
         )
+
+    def _layer_statistics(self) -> Iterable[LayerStatistics]:
+        for index, layer in enumerate(self._layers):
+            stats = layer.statistics()
+            if index == 0 and self._local:
+                # The hot path reads the first layer without its bookkeeping.
+                stats = replace(stats, hits=stats.hits + self._fast_hits)
+            yield stats
 
     @property
     def layers(self) -> tuple[Layer, ...]:
