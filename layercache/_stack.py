@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from ._clock import Clock, loop_clock
 from ._coordinator import MISSING, Coordinator, Fetcher, Flight, Outcome
 from ._exceptions import CacheClosedError
-from ._layer import NO_TAGS, Hit, Layer, LocalLayer, Write
+from ._layer import Hit, Layer, LocalLayer, Write
 from ._options import CircuitBreaker, GracefulDegradation
 from ._statistics import CacheStatistics, LayerStatistics
 from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
