@@ -34,7 +34,7 @@ from ._redis._adapter import ClientTransport
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._connection import Command
 from ._redis._errors import RedisConfigurationError, RedisError, RedisReplyError
-from ._redis._scripts import DELETE, INVALIDATE_TAG, WRITE, Script
+from ._redis._scripts import DELETE, INVALIDATE_TAG, SCRIPTS, WRITE, Script
 from ._redis._transport import Transport
 from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
 from ._statistics import LayerStatistics
@@ -176,7 +176,14 @@ class RedisLayer(Layer):
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         transport: Transport | ClientTransport
         if self.address is not None:
-            transport = Transport(self.address, timeout=self.timeout, ssl_context=self._ssl_context)
+            # Every new connection loads the scripts first: a restarted server's empty
+            # script cache then costs nothing, and EVALSHA needs no NOSCRIPT round trip.
+            transport = Transport(
+                self.address,
+                timeout=self.timeout,
+                ssl_context=self._ssl_context,
+                setup=[("SCRIPT", "LOAD", script.source) for script in SCRIPTS],
+            )
         else:
             transport = ClientTransport(self.client, timeout=self.timeout)
         send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)

@@ -1,10 +1,23 @@
-"""Shared fixtures. Every async test runs once on asyncio and once on trio."""
+"""Shared fixtures. Every async test runs once on asyncio and once on trio.
+
+The Redis fixtures (tests/redis_fixtures.py) start real servers on free loopback ports;
+when no server binary can be found or started they raise, so the tests using them fail
+instead of being skipped.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from layercache.testing import FakeClock
+
+from .redis_fixtures import embedded_redis as embedded_redis
+from .redis_fixtures import own_redis_server as own_redis_server
+from .redis_fixtures import password_redis_server as password_redis_server
+from .redis_fixtures import redis_server as redis_server
+from .redis_fixtures import redis_url as redis_url
+from .redis_fixtures import tls_redis_server as tls_redis_server
+from .redis_fixtures import unix_redis_server as unix_redis_server
 
 
 @pytest.fixture(params=["asyncio", "trio"])

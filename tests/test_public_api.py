@@ -47,4 +47,11 @@ def test_public_classes_claim_the_package_as_home() -> None:
 
 
 def test_testing_all() -> None:
-    assert layercache.testing.__all__ == ("FakeClock", "LayerContract")
+    assert layercache.testing.__all__ == (
+        "EmbeddedRedis",
+        "FakeClock",
+        "LayerContract",
+        "RedisServer",
+        "RedisServerError",
+        "ServerBinary",
+    )

@@ -376,6 +376,31 @@ async def test_unix_socket(unix_redis_server: Any, prefix: str) -> None:
         assert await cache.get("k") == "over a unix socket"
 
 
+async def test_tls_with_a_private_ca(tls_redis_server: Any, prefix: str) -> None:
+    assert tls_redis_server.url.startswith("rediss://")
+    layer = RedisLayer(
+        url=tls_redis_server.url, prefix=prefix, ssl_context=tls_redis_server.ssl_context()
+    )
+    async with CacheStack([layer]) as cache:
+        await cache.set("k", "over TLS")
+        assert await cache.get("k") == "over TLS"
+    # Without the CA the certificate does not verify: the stack starts, calls fail.
+    untrusted = RedisLayer(url=tls_redis_server.url, prefix=prefix, timeout=2.0)
+    async with CacheStack([untrusted]) as cache:
+        with pytest.raises(LayerUnavailableError):
+            await cache.get("k")
+
+
+async def test_embedded_server_serves_the_layer(embedded_redis: Any, prefix: str) -> None:
+    async with CacheStack([MemoryLayer(), RedisLayer(url=embedded_redis.url, prefix=prefix)]) as a:
+        await a.set("k", [1, 2], tags=["t"])
+        assert await a.get("k") == [1, 2]
+    async with CacheStack([RedisLayer(url=embedded_redis.url, prefix=prefix)]) as b:
+        assert await b.get("k") == [1, 2]
+        assert await b.invalidate_by_tag("t") == 1
+        await b.clear()
+
+
 async def test_unreachable_server_starts_and_raises_per_call(prefix: str) -> None:
     with anyio.fail_after(30):
         port = _free_port()
@@ -397,8 +422,21 @@ async def test_reconnects_after_the_server_restarts(own_redis_server: Any, prefi
         own_redis_server.start()
         with anyio.fail_after(20):
             await _transport(layer).wait_connected()
-        await cache.set("k", "after")  # the script cache is empty now: EVAL takes over
+        await cache.set("k", "after", tags=["t"])  # scripts were loaded on reconnect
         assert await cache.get("k") == "after"
+        assert await cache.invalidate_by_tag("t") == 1
+
+
+async def test_flushed_script_cache_falls_back_to_eval(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        await cache.set("a", 1, tags=["t"])
+        assert await raw.call([("SCRIPT", "FLUSH")]) == [b"OK"]
+        await cache.set("b", 2, tags=["t"])
+        await cache.delete("a")
+        assert await cache.invalidate_by_tag("t") == 1
+        assert await cache.get_many(["a", "b"]) == {}
 
 
 def _transport(layer: RedisLayer) -> Transport:

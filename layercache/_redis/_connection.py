@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Sequence
 
@@ -16,6 +17,8 @@ from ._errors import (
     RedisReplyError,
     map_connection_errors,
 )
+
+logger = logging.getLogger("layercache.redis.transport")
 
 Command = tuple[str | bytes | int | float, ...]
 READ_SIZE = 65536
@@ -43,9 +46,16 @@ class Connection:
 
     @classmethod
     async def open(
-        cls, address: RedisAddress, *, ssl_context: ssl.SSLContext | None = None
+        cls,
+        address: RedisAddress,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        setup: Sequence[Command] = (),
     ) -> Connection:
-        """Connect and log in. Run it under a deadline (``anyio.fail_after``).
+        """Connect, log in and run ``setup``. Run it under a deadline (``fail_after``).
+
+        ``setup`` commands (loading scripts, say) may fail without failing the
+        connection: each error is logged.
 
         :raises RedisConnectionError: unreachable, refused, TLS failure.
         :raises RedisConfigurationError: the server refused AUTH or SELECT.
@@ -54,6 +64,10 @@ class Connection:
         connection = cls(stream, address)
         try:
             await connection._log_in()
+            if setup:
+                for command, reply in zip(setup, await connection.call(setup), strict=True):
+                    if isinstance(reply, hiredis.ReplyError):
+                        logger.warning("%s on %s: %s", command[0], address.display(), reply)
         except BaseException:
             await connection.aclose()
             raise

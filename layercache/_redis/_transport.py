@@ -56,12 +56,12 @@ class Transport:
         *,
         timeout: float,
         ssl_context: ssl.SSLContext | None = None,
-        on_connect: Callable[[], None] | None = None,
+        setup: Sequence[Command] = (),
     ) -> None:
         self.address = address
         self.timeout = timeout
         self._ssl_context = ssl_context
-        self._on_connect = on_connect
+        self._setup = tuple(setup)
         self._connection: Connection | None = None
         self._pending: deque[_Batch] = deque()
         self._batch_sent = anyio.Event()
@@ -115,7 +115,9 @@ class Transport:
     async def _connect(self) -> None:
         try:
             with anyio.fail_after(self.timeout):
-                connection = await Connection.open(self.address, ssl_context=self._ssl_context)
+                connection = await Connection.open(
+                    self.address, ssl_context=self._ssl_context, setup=self._setup
+                )
         except TimeoutError as error:
             raise RedisConnectionError(
                 f"connecting to {self.address.display()} timed out after {self.timeout} s"
@@ -125,8 +127,6 @@ class Transport:
         self.connects += 1
         if self.connects > 1:
             logger.info("reconnected to %s", self.address.display())
-        if self._on_connect is not None:
-            self._on_connect()
 
     async def wait_connected(self) -> None:
         """Return once a connection is up (at once if it is)."""

