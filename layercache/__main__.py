@@ -13,6 +13,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="layercache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="watch layercache absorb a cache stampede")
+    demo.add_argument(
+        "--redis-url",
+        help="a Redis server to use (default: an embedded in-process one)",
+    )
     demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     demo.add_argument("--callers", type=int, default=1000, help="concurrent callers (default 1000)")
     demo.add_argument(
@@ -24,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.callers < 1:
         parser.error("--callers must be at least 1")
-    return run_demo(args.backend, args.callers, args.origin_latency)
+    return run_demo(args.backend, args.callers, args.origin_latency, args.redis_url)
 
 
 if __name__ == "__main__":

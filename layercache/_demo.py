@@ -1,17 +1,24 @@
-"""The stampede demo: N concurrent callers ask for one expired key.
+"""The stampede demo: N concurrent callers ask for one expired key, on two instances.
 
-Without a cache each caller queries the origin; with layercache the origin is queried
-once and every caller gets the same object. Exits non-zero if that promise is broken.
+Without a cache each caller queries the origin. With layercache, instance A (memory +
+Redis) queries it once and every caller gets the same object; instance B, a second
+stack sharing the Redis layer, serves its own crowd from Redis without any query. Uses
+an embedded Redis-protocol server unless a real one is given. Exits non-zero if any of
+that does not happen.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import anyio
 
 from ._memory import MemoryLayer
+from ._redis_layer import RedisLayer
 from ._stack import CacheStack
 
 
@@ -42,51 +49,68 @@ class Outcome:
     peak_concurrent_queries: int
     seconds: float
     distinct_results: int
+    expected_queries: int
 
 
-async def _without_cache(callers: int, latency: float) -> Outcome:
-    origin = Origin(latency)
+async def _crowd(callers: int, call: Callable[[], object]) -> tuple[float, int]:
+    """Run ``callers`` concurrent calls; return the wall time and distinct results."""
     results: list[object] = []
 
     async def caller() -> None:
-        results.append(await origin.listing())
+        results.append(await call())  # type: ignore[misc]
 
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(callers):
             tg.start_soon(caller)
-    elapsed = time.perf_counter() - started
-    return Outcome("no cache", origin.queries, origin.peak, elapsed, len({id(r) for r in results}))
+    return time.perf_counter() - started, len({id(result) for result in results})
 
 
-async def _with_layercache(callers: int, latency: float) -> Outcome:
+async def _demo(callers: int, latency: float, redis_url: str) -> list[Outcome]:
+    outcomes = []
     origin = Origin(latency)
-    results: list[object] = []
-    started = time.perf_counter()
-    async with CacheStack([MemoryLayer(ttl=60, max_size=10_000)]) as cache:
+    seconds, distinct = await _crowd(callers, origin.listing)
+    outcomes.append(Outcome("no cache", origin.queries, origin.peak, seconds, distinct, callers))
 
-        async def caller() -> None:
-            results.append(await cache.get("products:listing", origin.listing))
+    prefix = f"layercache-demo:{uuid.uuid4().hex[:8]}:"
+    origin = Origin(latency)
+    for instance in ("A", "B"):
+        layers = [MemoryLayer(ttl=60), RedisLayer(url=redis_url, prefix=prefix, ttl=300)]
+        async with CacheStack(layers) as cache:
+            before = origin.queries
+            seconds, distinct = await _crowd(
+                callers, lambda: cache.get("products:listing", origin.listing)
+            )
+            label = f"instance {instance}"
+            queries = origin.queries - before
+            expected = 1 if instance == "A" else 0
+            outcomes.append(Outcome(label, queries, origin.peak, seconds, distinct, expected))
+            if instance == "B":
+                await cache.clear()
+    return outcomes
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(callers):
-                tg.start_soon(caller)
-        stats = cache.statistics()
-    elapsed = time.perf_counter() - started
-    assert stats.fetches == origin.queries
-    return Outcome(
-        "layercache", origin.queries, origin.peak, elapsed, len({id(r) for r in results})
-    )
 
+def run_demo(backend: str, callers: int, latency: float, redis_url: str | None = None) -> int:
+    server: AbstractContextManager[object]
+    if redis_url is None:
+        try:
+            from .testing import EmbeddedRedis
 
-async def _demo(callers: int, latency: float) -> list[Outcome]:
-    return [await _without_cache(callers, latency), await _with_layercache(callers, latency)]
-
-
-def run_demo(backend: str, callers: int, latency: float) -> int:
-    print(f"layercache demo on {backend}: {callers} concurrent callers ask for one expired key")
-    print(f"(the origin takes {latency * 1000:.0f} ms per query)\n")
-    outcomes = anyio.run(_demo, callers, latency, backend=backend)
+            embedded = EmbeddedRedis()
+            server = embedded
+        except ImportError as error:  # pragma: no cover - depends on the install
+            print(f"the embedded Redis needs `pip install layercache[embedded]` ({error})")
+            print("or pass --redis-url redis://host:port/db")
+            return 2
+    else:
+        server = nullcontext()
+    with server:
+        url = redis_url if redis_url is not None else embedded.url
+        where = "embedded Redis" if redis_url is None else "Redis at --redis-url"
+        print(f"layercache demo on {backend}, {where}: {callers} concurrent callers ask for one")
+        print("expired key, first on instance A, then on instance B (a second stack sharing")
+        print(f"the Redis layer). The origin takes {latency * 1000:.0f} ms per query.\n")
+        outcomes = anyio.run(_demo, callers, latency, url, backend=backend)
     header = ("", "origin queries", "peak concurrent", "wall time", "distinct objects")
     print(f"{header[0]:12} {header[1]:>15} {header[2]:>16} {header[3]:>10} {header[4]:>17}")
     for o in outcomes:
@@ -94,14 +118,17 @@ def run_demo(backend: str, callers: int, latency: float) -> int:
             f"{o.label:12} {o.queries:>15} {o.peak_concurrent_queries:>16} "
             f"{o.seconds * 1000:>8.1f}ms {o.distinct_results:>17}"
         )
-    cached = outcomes[1]
-    ok = cached.queries == 1 and cached.distinct_results == 1
+    broken = [o for o in outcomes[1:] if o.queries != o.expected_queries or o.distinct_results != 1]
     print()
-    if ok:
-        print(f"OK: {callers} callers, 1 origin query, every caller got the same object.")
+    if not broken:
+        print(
+            f"OK: {2 * callers} callers on two instances, 1 origin query; every caller on an "
+            "instance got the same object."
+        )
         return 0
-    print(
-        f"FAILED: expected 1 origin query and 1 shared object, got {cached.queries} and "
-        f"{cached.distinct_results}."
-    )
+    for o in broken:
+        print(
+            f"FAILED: {o.label} made {o.queries} origin queries (expected "
+            f"{o.expected_queries}) and handed out {o.distinct_results} distinct objects."
+        )
     return 1
