@@ -17,22 +17,34 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._clock import Clock, loop_clock
 from ._coordinator import MISSING, Coordinator, Fetcher, Flight, Outcome
-from ._exceptions import CacheClosedError
+from ._exceptions import CacheClosedError, LayerUnavailableError
+from ._health import LayerHealth
 from ._layer import Hit, Layer, LocalLayer, Write
 from ._options import CircuitBreaker, GracefulDegradation
 from ._statistics import CacheStatistics, LayerStatistics
+from ._supervisor import Supervisor
 from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
 
 logger = logging.getLogger("layercache.stack")
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+T = TypeVar("T")
+
+
+class _Skipped:
+    __slots__ = ()
+
+
+SKIPPED = _Skipped()
+"""What a guarded request to a degraded or open layer returns in graceful mode."""
 
 
 class CacheStack:
@@ -94,6 +106,7 @@ class CacheStack:
                 break
             self._local += (layer,)
         self._coordinator = Coordinator(self._load)
+        self._health: dict[Layer, LayerHealth] = {}
         self._state = _NEW
         self._task_group: TaskGroup | None = None
         self._fast_read: Callable[[str], object] | None = None
@@ -130,10 +143,27 @@ class CacheStack:
                 layer.detach()
             raise
         self._task_group = task_group
+        self._health = {
+            layer: LayerHealth(
+                layer.name,
+                degradation=self.graceful_degradation,
+                breaker=self.circuit_breaker,
+                clock=clock,
+            )
+            for layer in self._layers
+        }
         try:
             for layer in self._layers:
-                await task_group.start(layer.run, name=f"layercache layer {layer.name!r}")
-            await task_group.start(self._coordinator.run, name="layercache coordinator")
+                health = self._health[layer]
+                supervisor = Supervisor(
+                    f"layer {layer.name!r}",
+                    layer.run,
+                    on_crash=health.crashed,
+                    on_restart=health.restarted,
+                )
+                await task_group.start(supervisor.run, name=f"layercache layer {layer.name!r}")
+            coordinator = Supervisor("coordinator", self._coordinator.run)
+            await task_group.start(coordinator.run, name="layercache coordinator")
         except BaseException as error:
             await self._shut_down(error)
             raise
@@ -269,7 +299,8 @@ class CacheStack:
             if isinstance(layer, LocalLayer):
                 hits = layer.get_many_nowait(pending)
             else:
-                hits = await layer.get_many(pending)
+                answer = await self._remote(layer, layer.get_many, pending)
+                hits = {} if isinstance(answer, _Skipped) else answer
             if not hits:
                 continue
             if self._coordinator.fence_count == fences:
@@ -289,7 +320,8 @@ class CacheStack:
             if isinstance(layer, LocalLayer):
                 hits = layer.get_many_nowait((key,))
             else:
-                hits = await layer.get_many((key,))
+                answer = await self._remote(layer, layer.get_many, (key,))
+                hits = {} if isinstance(answer, _Skipped) else answer
             hit = hits.get(key)
             if hit is not None:
                 if not flight.stale:
@@ -322,7 +354,7 @@ class CacheStack:
             if isinstance(layer, LocalLayer):
                 layer.write_many_nowait(writes)
             else:
-                await layer.write_many(writes)
+                await self._remote(layer, layer.write_many, writes, write=True)
 
     @staticmethod
     def _backfill_writes(layer: Layer, hits: Mapping[str, Hit]) -> list[Write]:
@@ -383,7 +415,7 @@ class CacheStack:
         between, so a reader that copied the old entry up meanwhile is overwritten."""
         for layer, layer_writes in writes.items():
             if not isinstance(layer, LocalLayer):
-                await layer.write_many(layer_writes)
+                await self._remote(layer, layer.write_many, layer_writes, write=True)
 
     def _write_local(self, writes: Mapping[Layer, Sequence[Write]]) -> None:
         for layer, layer_writes in writes.items():
@@ -431,11 +463,48 @@ class CacheStack:
         fence()
         for layer in self._layers:
             if not layer.local:
-                await apply(layer)
+                await self._remote(layer, apply, layer, write=True)
         fence()
         for layer in self._layers:
             if layer.local:
                 await apply(layer)
+
+    # -- failure handling --------------------------------------------------------------
+
+    async def _remote(
+        self,
+        layer: Layer,
+        request: Callable[..., Awaitable[T]],
+        *args: Any,
+        write: bool = False,
+    ) -> T | _Skipped:
+        """Await ``request(*args)`` on a remote layer as its health allows.
+
+        Strict mode: a failure raises :class:`LayerUnavailableError` (cause chained),
+        and an open breaker refuses at once. Graceful mode: a failing, degraded or open
+        layer is skipped (``SKIPPED``); a skipped write or delete is counted as dropped.
+        """
+        health = self._health[layer]
+        probe = health.admit()
+        if probe is None:
+            health.skipped += 1
+            if health.graceful:
+                health.dropped += write
+                return SKIPPED
+            raise health.refusal()
+        try:
+            result = await request(*args)
+        except LayerUnavailableError as error:
+            health.failed(error, probe)
+            if health.graceful:
+                health.dropped += write
+                return SKIPPED
+            raise
+        except BaseException:
+            health.abandoned(probe)
+            raise
+        health.succeeded(probe)
+        return result
 
     # -- observation -------------------------------------------------------------------
 
@@ -462,6 +531,20 @@ class CacheStack:
             if index == 0 and self._local:
                 # The hot path reads the first layer without its bookkeeping.
                 stats = replace(stats, hits=stats.hits + self._fast_hits)
+            health = self._health.get(layer)
+            if health is not None:
+                state = health.state()
+                if state == "healthy" and stats.state in ("disconnected", "stopped"):
+                    state = stats.state
+                stats = replace(
+                    stats,
+                    state=state,
+                    state_until=health.until(),
+                    errors=max(stats.errors, health.failures),
+                    consecutive_failures=health.consecutive_failures,
+                    skipped=health.skipped,
+                    dropped=health.dropped,
+                )
             yield stats
 
     @property

@@ -12,6 +12,8 @@ class LayerStatistics:
 
     ``hits``/``misses`` count the layer's own lookups (a backfill read counts too);
     ``size`` and ``max_size`` are None where the layer cannot know them cheaply.
+    ``state`` is ``healthy``, ``degraded``, ``open``, ``half-open`` or ``restarting`` as
+    the stack sees the layer, or the layer's own ``disconnected``/``stopped``.
     """
 
     name: str
@@ -29,6 +31,13 @@ class LayerStatistics:
     """Requests that failed (connection lost, timeout, error reply)."""
     corrupt: int = 0
     """Stored values that did not decode: treated as misses and deleted."""
+    state_until: float | None = None
+    """When a ``degraded`` or ``open`` state ends, on the stack's clock."""
+    consecutive_failures: int = 0
+    skipped: int = 0
+    """Requests not sent because the layer was degraded, open or restarting."""
+    dropped: int = 0
+    """Writes and deletes given up in graceful mode (not sent, or failed)."""
 
 
 @dataclass(frozen=True, slots=True)

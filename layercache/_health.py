@@ -1,0 +1,173 @@
+"""The health of one remote layer, as its stack sees it: degradation and breaker.
+
+A :class:`LayerHealth` is consulted before every request to its layer (``admit``) and
+told how the request went (``succeeded`` / ``failed``). It is plain synchronous state,
+owned by the stack, read on the loop's clock (or the stack's injected clock):
+
+- **Graceful degradation** (``GracefulDegradation(retry_after)``): a failure makes the
+  layer *degraded* for ``retry_after`` seconds, during which requests are not sent; the
+  stack goes on without the layer (reads fall through, writes are dropped and counted).
+  After the window the next request is sent again; success makes the layer healthy.
+- **Circuit breaker** (``CircuitBreaker(threshold, reset_after)``): ``threshold``
+  consecutive failures *open* it for ``reset_after`` seconds (requests are not sent);
+  then it is *half-open*: exactly one request goes through as a probe while the others
+  are still refused; success closes it, failure opens it again.
+- Without either, every request is sent and every failure reaches the caller.
+
+A request that is not sent costs nothing: no connection attempt, no timeout. Each state
+change is logged once, not each request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._clock import Clock
+from ._exceptions import LayerUnavailableError
+from ._options import CircuitBreaker, GracefulDegradation
+
+logger = logging.getLogger("layercache.health")
+
+HEALTHY = "healthy"
+DEGRADED = "degraded"
+OPEN = "open"
+HALF_OPEN = "half-open"
+RESTARTING = "restarting"
+
+
+class LayerHealth:
+    """Failure state of one layer: degraded window, breaker, counters."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        degradation: GracefulDegradation | None,
+        breaker: CircuitBreaker | None,
+        clock: Clock,
+    ) -> None:
+        self.name = name
+        self.degradation = degradation
+        self.breaker = breaker
+        self.clock = clock
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.skipped = 0
+        self.dropped = 0
+        self.last_error: BaseException | None = None
+        self._degraded_until: float | None = None
+        self._open_until: float | None = None
+        self._probing = False
+        self._restarting = False
+        self._reported = HEALTHY
+
+    def __repr__(self) -> str:
+        return (
+            f"<LayerHealth {self.name!r} {self.state()} failures={self.failures} "
+            f"consecutive={self.consecutive_failures} skipped={self.skipped}>"
+        )
+
+    @property
+    def graceful(self) -> bool:
+        return self.degradation is not None
+
+    def state(self) -> str:
+        if self._restarting:
+            return RESTARTING
+        now = self.clock()
+        if self._open_until is not None:
+            return OPEN if now < self._open_until else HALF_OPEN
+        if self._degraded_until is not None and now < self._degraded_until:
+            return DEGRADED
+        return HEALTHY
+
+    def until(self) -> float | None:
+        """When the current degraded or open window ends (on the stack's clock)."""
+        state = self.state()
+        if state == OPEN:
+            return self._open_until
+        if state == DEGRADED:
+            return self._degraded_until
+        return None
+
+    # -- transitions -------------------------------------------------------------------
+
+    def admit(self) -> bool | None:
+        """May a request go to the layer now?
+
+        :returns: None for "no" (skip it, or fail fast in strict mode); otherwise
+            whether the request is the half-open breaker's probe, to pass back.
+        """
+        if self._restarting:
+            return None
+        now = self.clock()
+        probe = False
+        if self._open_until is not None:
+            if now < self._open_until or self._probing:
+                return None
+            self._probing = probe = True
+        if self._degraded_until is not None and now < self._degraded_until:
+            self._probing = False
+            return None
+        self._report()
+        return probe
+
+    def succeeded(self, probe: bool) -> None:
+        if probe:
+            self._probing = False
+        self.consecutive_failures = 0
+        self._degraded_until = None
+        self._open_until = None
+        self._report()
+
+    def failed(self, error: BaseException, probe: bool) -> None:
+        if probe:
+            self._probing = False
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.last_error = error
+        now = self.clock()
+        if self.degradation is not None:
+            self._degraded_until = now + self.degradation.retry_after
+        breaker = self.breaker
+        if breaker is not None and (probe or self.consecutive_failures >= breaker.threshold):
+            self._open_until = now + breaker.reset_after
+        self._report()
+
+    def abandoned(self, probe: bool) -> None:
+        """The request was cancelled: it proved nothing either way."""
+        if probe:
+            self._probing = False
+
+    def crashed(self, error: BaseException) -> None:
+        """The layer's actor crashed and is being restarted."""
+        self.last_error = error
+        self._restarting = True
+        self._report()
+
+    def restarted(self) -> None:
+        self._restarting = False
+        self._report()
+
+    def refusal(self) -> LayerUnavailableError:
+        """The error for a request not sent in strict mode (breaker open)."""
+        state = self.state()
+        until = self.until()
+        detail = f"{state}" if until is None else f"{state} for {until - self.clock():.1f} s"
+        error = LayerUnavailableError(
+            self.name, f"not tried: circuit breaker {detail} after {self.failures} failures"
+        )
+        error.__cause__ = self.last_error
+        return error
+
+    def _report(self) -> None:
+        state = self.state()
+        if state == self._reported:
+            return
+        self._reported = state
+        if state == HEALTHY:
+            logger.info("layer %r is healthy again", self.name)
+        elif state == HALF_OPEN:
+            logger.info("layer %r: circuit half-open, sending one probe", self.name)
+        else:
+            logger.warning("layer %r is %s: %s", self.name, state, self.last_error)
