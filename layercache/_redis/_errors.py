@@ -30,7 +30,9 @@ def map_connection_errors(what: str) -> Iterator[None]:
     """Translate socket, TLS and stream errors into :class:`RedisConnectionError`."""
     try:
         yield
-    except (OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream) as error:
-        raise RedisConnectionError(f"{what}: {error or type(error).__name__}") from error
+    except anyio.EndOfStream as error:
+        raise RedisConnectionError(f"{what}: the server closed the connection") from error
+    except (OSError, ssl.SSLError, anyio.BrokenResourceError) as error:
+        raise RedisConnectionError(f"{what}: {str(error) or type(error).__name__}") from error
     except anyio.ClosedResourceError as error:
         raise RedisConnectionError(f"{what}: the connection was closed") from error
