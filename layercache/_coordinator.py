@@ -29,6 +29,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._exceptions import CacheClosedError
+from ._reply import ReplySlot
 
 logger = logging.getLogger("layercache.coordinator")
 
@@ -49,20 +50,9 @@ MISSING: object = _Missing()
 
 
 class Flight:
-    """One load in flight and the result its callers wait for."""
+    """One load in flight, and the reply slot its callers wait on."""
 
-    __slots__ = (
-        "_done",
-        "_error",
-        "_outcome",
-        "context",
-        "fetcher",
-        "key",
-        "stale",
-        "tags",
-        "ttl",
-        "waiters",
-    )
+    __slots__ = ("context", "fetcher", "key", "reply", "stale", "tags", "ttl", "waiters")
 
     def __init__(
         self, key: str, fetcher: Fetcher | None, ttl: float | None, tags: frozenset[str]
@@ -76,33 +66,11 @@ class Flight:
         # The first caller's context variables (request ids, tracing spans, sessions):
         # the fetcher sees them as if the caller had spawned the load itself.
         self.context = contextvars.copy_context()
-        self._done = anyio.Event()
-        self._outcome: Outcome = (MISSING, None)
-        self._error: BaseException | None = None
+        self.reply: ReplySlot[Outcome] = ReplySlot()
 
     def __repr__(self) -> str:
         kind = "fetch" if self.fetcher is not None else "read"
         return f"<Flight {kind} {self.key!r} waiters={self.waiters} stale={self.stale}>"
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def resolve(self, outcome: Outcome) -> None:
-        if not self._done.is_set():
-            self._outcome = outcome
-            self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self._error = error
-            self._done.set()
-
-    async def outcome(self) -> Outcome:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +125,7 @@ class Coordinator:
             self._inbox = None
             closed = CacheClosedError("the CacheStack exited while this load was running")
             for flight in self._flights.values():
-                flight.fail(closed)
+                flight.reply.fail(closed)
             self._flights.clear()
 
     # -- synchronous handlers ----------------------------------------------------
@@ -210,7 +178,7 @@ class Coordinator:
         """Wait for ``flight``'s result. Cancelling the wait leaves the load running."""
         flight.waiters += 1
         try:
-            return await flight.outcome()
+            return await flight.reply.wait()
         finally:
             flight.waiters -= 1
 
@@ -220,16 +188,16 @@ class Coordinator:
         try:
             outcome = await self._load(flight)
         except anyio.get_cancelled_exc_class():
-            flight.fail(CacheClosedError("the CacheStack exited while this load was running"))
+            flight.reply.fail(CacheClosedError("the CacheStack exited while this load was running"))
             raise
         except Exception as error:
             # The load's error belongs to its callers, never to the stack.
-            flight.fail(error)
+            flight.reply.fail(error)
         except BaseException:
-            flight.fail(CacheClosedError("the load was interrupted"))
+            flight.reply.fail(CacheClosedError("the load was interrupted"))
             raise
         else:
-            flight.resolve(outcome)
+            flight.reply.set(outcome)
         finally:
             slot = (flight.key, flight.fetcher is not None)
             if self._flights.get(slot) is flight:

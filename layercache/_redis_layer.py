@@ -36,6 +36,7 @@ from ._redis._connection import Command
 from ._redis._errors import RedisConfigurationError, RedisError, RedisReplyError
 from ._redis._scripts import DELETE, INVALIDATE_TAG, SCRIPTS, WRITE, Script
 from ._redis._transport import Transport
+from ._reply import ReplySlot
 from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
 from ._statistics import LayerStatistics
 from ._validation import check_name, check_ttl
@@ -50,43 +51,16 @@ DELETE_CHUNK = 500
 SCAN_COUNT = 1_000
 
 
-class _Reply:
-    """A one-shot slot a caller waits on and the actor fills."""
-
-    __slots__ = ("_done", "error", "value")
-
-    def __init__(self) -> None:
-        self._done = anyio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def set(self, value: object) -> None:
-        if not self._done.is_set():
-            self.value = value
-            self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self.error = error
-            self._done.set()
-
-    async def wait(self) -> Any:
-        await self._done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
 @dataclass(frozen=True, slots=True)
 class Read:
     keys: tuple[str, ...]
-    reply: _Reply
+    reply: ReplySlot[Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
     commands: list[Command]
-    reply: _Reply
+    reply: ReplySlot[Any]
 
 
 Request = Read | Call
@@ -233,7 +207,7 @@ class RedisLayer(Layer):
             names = [self.keys.values + key for key in keys]
             commands.append(("MGET", *names))
             commands.extend(("PTTL", name) for name in names)
-        spans: list[tuple[_Reply, int, int]] = []
+        spans: list[tuple[ReplySlot[Any], int, int]] = []
         for call in calls:
             spans.append((call.reply, len(commands), len(commands) + len(call.commands)))
             commands.extend(call.commands)
@@ -290,11 +264,11 @@ class RedisLayer(Layer):
 
     # -- requests, from the callers' tasks ---------------------------------------------
 
-    async def _request(self, make: Callable[[_Reply], Request]) -> Any:
+    async def _request(self, make: Callable[[ReplySlot[Any]], Request]) -> Any:
         inbox = self._inbox
         if inbox is None:
             raise LayerUnavailableError(self.name, "the layer is not running")
-        reply = _Reply()
+        reply: ReplySlot[Any] = ReplySlot()
         try:
             with anyio.fail_after(self.timeout):
                 await inbox.send(make(reply))

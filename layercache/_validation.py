@@ -14,14 +14,7 @@ MAX_KEY_LENGTH = 1024
 
 
 def check_key(key: object) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"cache keys must be str, not {type(key).__name__}")
-    if not key:
-        raise ValueError("cache keys must not be empty")
-    if len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"cache keys must be at most {MAX_KEY_LENGTH} characters, got {len(key)}")
-    _check_utf8(key, "cache keys")
-    return key
+    return _check_text(key, "cache keys")
 
 
 def check_keys(keys: object) -> list[str]:
@@ -53,14 +46,18 @@ def check_tags(tags: object) -> frozenset[str]:
 
 
 def check_tag(tag: object) -> str:
-    if not isinstance(tag, str):
-        raise TypeError(f"tags must be str, not {type(tag).__name__}")
-    if not tag:
-        raise ValueError("tags must not be empty")
-    if len(tag) > MAX_KEY_LENGTH:
-        raise ValueError(f"tags must be at most {MAX_KEY_LENGTH} characters, got {len(tag)}")
-    _check_utf8(tag, "tags")
-    return tag
+    return _check_text(tag, "tags")
+
+
+def _check_text(text: object, what: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be str, not {type(text).__name__}")
+    if not text:
+        raise ValueError(f"{what} must not be empty")
+    if len(text) > MAX_KEY_LENGTH:
+        raise ValueError(f"{what} must be at most {MAX_KEY_LENGTH} characters, got {len(text)}")
+    _check_utf8(text, what)
+    return text
 
 
 def _check_utf8(text: str, what: str) -> None:

