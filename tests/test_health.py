@@ -122,9 +122,7 @@ def test_refusal_chains_the_last_failure(clock: FakeClock) -> None:
     assert "open for 30.0 s" in str(error)
 
 
-def test_state_changes_are_logged_once(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_state_changes_are_logged_once(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     health = _health(clock, degradation=GracefulDegradation(retry_after=1))
     with caplog.at_level(logging.INFO, logger="layercache.health"):
         for _ in range(5):

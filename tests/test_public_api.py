@@ -50,6 +50,7 @@ def test_testing_all() -> None:
     assert layercache.testing.__all__ == (
         "EmbeddedRedis",
         "FakeClock",
+        "FaultProxy",
         "LayerContract",
         "RedisServer",
         "RedisServerError",

@@ -37,18 +37,20 @@ class Script:
 
 # KEYS: value key, key-tags key, tag-set keys...   ARGV: envelope, ttl ms (0 = none),
 # user key, tag-set prefix, tags...
+# The SET comes first: Redis checks maxmemory only at a script's first write, and only
+# if that write may use memory; starting with SREM/DEL would slip past the limit.
 WRITE = Script("""
 local vkey, kkey = KEYS[1], KEYS[2]
 local ttl, key, tprefix = tonumber(ARGV[2]), ARGV[3], ARGV[4]
-for _, old in ipairs(redis.call('SMEMBERS', kkey)) do
-  redis.call('SREM', tprefix .. old, key)
-end
-redis.call('DEL', kkey)
 if ttl > 0 then
   redis.call('SET', vkey, ARGV[1], 'PX', ttl)
 else
   redis.call('SET', vkey, ARGV[1])
 end
+for _, old in ipairs(redis.call('SMEMBERS', kkey)) do
+  redis.call('SREM', tprefix .. old, key)
+end
+redis.call('DEL', kkey)
 for i = 3, #KEYS do
   local tkey = KEYS[i]
   local existed = redis.call('EXISTS', tkey)

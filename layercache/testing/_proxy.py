@@ -107,6 +107,7 @@ class FaultProxy:
         self._mode = _PASS
         self._delay = 0.0
         self._lock = threading.Lock()
+        self._traffic = threading.Condition()
         self._commands: deque[tuple[Callable[[], None], threading.Event]] = deque()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -215,6 +216,15 @@ class FaultProxy:
     def reset_connections(self) -> None:
         """Abort every open connection with a TCP RST to both ends; the mode stays."""
         self._apply(self._reset_all)
+
+    def wait_for_client_bytes(self, more_than: int, timeout: float) -> bool:
+        """Block until the proxy has read more than ``more_than`` bytes from clients.
+
+        For tests that must act once requests are on the wire (from async code, run it
+        in a worker thread: ``anyio.to_thread.run_sync``). Returns False on timeout.
+        """
+        with self._traffic:
+            return self._traffic.wait_for(lambda: self.bytes_from_clients > more_than, timeout)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -332,10 +342,12 @@ class FaultProxy:
         if not data:
             direction.eof = True
             return
-        if from_client:
-            self.bytes_from_clients += len(data)
-        else:
-            self.bytes_from_target += len(data)
+        with self._traffic:
+            if from_client:
+                self.bytes_from_clients += len(data)
+            else:
+                self.bytes_from_target += len(data)
+            self._traffic.notify_all()
         late = self._delay if self._mode == _DELAY else 0.0
         direction.chunks.append((time.monotonic() + late, data))
         direction.buffered += len(data)
