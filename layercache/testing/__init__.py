@@ -15,8 +15,9 @@
   demos on machines without Redis; needs ``layercache[embedded]``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._clock import FakeClock as FakeClock
-from ._contract import LayerContract as LayerContract
 from ._embedded import EmbeddedRedis as EmbeddedRedis
 from ._proxy import FaultProxy as FaultProxy
 from ._server import RedisServer as RedisServer
@@ -32,3 +33,15 @@ __all__ = (
     "RedisServerError",
     "ServerBinary",
 )
+
+if TYPE_CHECKING:
+    from ._contract import LayerContract as LayerContract
+
+
+def __getattr__(name: str) -> Any:
+    # LayerContract needs pytest; the rest (the demo's EmbeddedRedis) must not.
+    if name == "LayerContract":
+        from ._contract import LayerContract
+
+        return LayerContract
+    raise AttributeError(f"module 'layercache.testing' has no attribute {name!r}")
