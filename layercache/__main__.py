@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.callers < 1:
         parser.error("--callers must be at least 1")
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        parser.error("--backend trio needs trio: pip install 'layercache[trio]'")
     return run_demo(args.backend, args.callers, args.origin_latency, args.redis_url)
 
 
