@@ -1,5 +1,6 @@
 """layercache: a multi-layer cache for structured-concurrency programs (trio and asyncio)."""
 
+from ._bus import RedisInvalidationBus as RedisInvalidationBus
 from ._exceptions import CacheClosedError as CacheClosedError
 from ._exceptions import CacheError as CacheError
 from ._exceptions import LayerUnavailableError as LayerUnavailableError
@@ -36,6 +37,7 @@ __all__ = (
     "MemoryLayer",
     "MsgpackSerializer",
     "PickleSerializer",
+    "RedisInvalidationBus",
     "RedisLayer",
     "SerializationError",
     "Serializer",

@@ -30,6 +30,34 @@ def _not_attached() -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Invalidate:
+    """Drop ``keys`` (posted to local layers by the invalidation listener)."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidateTag:
+    """Drop every entry carrying ``tag``."""
+
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """Drop everything."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Drop expired entries now."""
+
+
+Message = Invalidate | InvalidateTag | Clear | Sweep
+"""What other actors post to a local layer."""
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     """A value found in a layer, with what a backfill into faster layers needs."""
 
@@ -164,6 +192,19 @@ class LocalLayer(Layer):
 
     @abstractmethod
     def clear_nowait(self) -> None: ...
+
+    def post(self, message: Message) -> None:
+        """Hand ``message`` to the layer's actor; by default it is applied at once."""
+        self.handle(message)
+
+    def handle(self, message: Message) -> None:
+        """Apply one message synchronously."""
+        if isinstance(message, Invalidate):
+            self.delete_many_nowait(message.keys)
+        elif isinstance(message, InvalidateTag):
+            self.invalidate_tag_nowait(message.tag)
+        elif isinstance(message, Clear):
+            self.clear_nowait()
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
         return self.get_many_nowait(keys)

@@ -19,14 +19,20 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._layer import NO_TAGS, Hit, LocalLayer, Write
+from ._layer import (
+    NO_TAGS,
+    Hit,
+    LocalLayer,
+    Message,
+    Sweep,
+    Write,
+)
 from ._statistics import LayerStatistics
 from ._validation import check_max_size, check_name, check_ttl
 
@@ -34,29 +40,6 @@ logger = logging.getLogger("layercache.memory")
 
 INBOX_SIZE = 1024
 SWEEP_CHUNK = 2048
-
-
-@dataclass(frozen=True, slots=True)
-class Invalidate:
-    keys: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidateTag:
-    tag: str
-
-
-@dataclass(frozen=True, slots=True)
-class Clear:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Sweep:
-    pass
-
-
-Message = Invalidate | InvalidateTag | Clear | Sweep
 
 
 class _Entry:
@@ -151,14 +134,10 @@ class MemoryLayer(LocalLayer):
 
     def handle(self, message: Message) -> None:
         """Apply one inbox message (synchronous, so it can be tested without a loop)."""
-        if isinstance(message, Invalidate):
-            self.delete_many_nowait(message.keys)
-        elif isinstance(message, InvalidateTag):
-            self.invalidate_tag_nowait(message.tag)
-        elif isinstance(message, Clear):
-            self.clear_nowait()
-        else:
+        if isinstance(message, Sweep):
             self.sweep_nowait()
+        else:
+            super().handle(message)
 
     async def _sweep(self) -> int:
         removed = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType, TracebackType
@@ -22,11 +23,13 @@ from typing import Any, Self, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from ._bus import BusMessage, RedisInvalidationBus, split_keys
 from ._clock import Clock, loop_clock
 from ._coordinator import MISSING, Coordinator, Fetcher, Flight, Outcome
 from ._exceptions import CacheClosedError, LayerUnavailableError
 from ._health import LayerHealth
-from ._layer import Hit, Layer, LocalLayer, Write
+from ._layer import Clear, Hit, Invalidate, InvalidateTag, Layer, LocalLayer, Write
+from ._listener import InvalidationListener
 from ._options import CircuitBreaker, GracefulDegradation
 from ._statistics import CacheStatistics, LayerStatistics
 from ._supervisor import Supervisor
@@ -67,7 +70,7 @@ class CacheStack:
         self,
         layers: Iterable[Layer],
         *,
-        invalidation_bus: object | None = None,
+        invalidation_bus: RedisInvalidationBus | None = None,
         single_flight_coordinator: object | None = None,
         graceful_degradation: GracefulDegradation | None = None,
         circuit_breaker: CircuitBreaker | None = None,
@@ -84,8 +87,10 @@ class CacheStack:
         names = [layer.name for layer in self._layers]
         if len(set(names)) != len(names):
             raise ValueError(f"layer names must be unique within a stack, got {names}")
-        if invalidation_bus is not None:
-            raise TypeError(f"unsupported invalidation_bus: {invalidation_bus!r}")
+        if invalidation_bus is not None and not isinstance(invalidation_bus, RedisInvalidationBus):
+            raise TypeError(
+                f"invalidation_bus must be a RedisInvalidationBus, not {invalidation_bus!r}"
+            )
         if single_flight_coordinator is not None:
             raise TypeError(f"unsupported single_flight_coordinator: {single_flight_coordinator!r}")
         if graceful_degradation is not None and not isinstance(
@@ -96,6 +101,10 @@ class CacheStack:
             raise TypeError("circuit_breaker must be a CircuitBreaker")
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a zero-argument callable returning seconds")
+        self.invalidation_bus = invalidation_bus
+        self.origin = uuid.uuid4().hex
+        """This stack's id on the invalidation bus (it ignores its own messages)."""
+        self._listener: InvalidationListener | None = None
         self.graceful_degradation = graceful_degradation
         self.circuit_breaker = circuit_breaker
         self._clock = clock
@@ -106,7 +115,7 @@ class CacheStack:
                 break
             self._local += (layer,)
         self._coordinator = Coordinator(self._load)
-        self._health: dict[Layer, LayerHealth] = {}
+        self._health: dict[object, LayerHealth] = {}
         self._state = _NEW
         self._task_group: TaskGroup | None = None
         self._fast_read: Callable[[str], object] | None = None
@@ -131,8 +140,11 @@ class CacheStack:
             raise RuntimeError("a CacheStack can be entered only once; create a new one")
         self._state = _CLOSED  # until every actor is up
         attached: list[Layer] = []
+        bus = self.invalidation_bus
         try:
             clock = self._clock or loop_clock()
+            if bus is not None:
+                bus.attach()
             for layer in self._layers:
                 layer.attach(clock)
                 attached.append(layer)
@@ -141,6 +153,8 @@ class CacheStack:
         except BaseException:
             for layer in attached:
                 layer.detach()
+            if bus is not None and len(attached) == len(self._layers):
+                bus.detach()
             raise
         self._task_group = task_group
         self._health = {
@@ -164,6 +178,8 @@ class CacheStack:
                 await task_group.start(supervisor.run, name=f"layercache layer {layer.name!r}")
             coordinator = Supervisor("coordinator", self._coordinator.run)
             await task_group.start(coordinator.run, name="layercache coordinator")
+            if bus is not None:
+                await self._start_listener(task_group, bus, clock)
         except BaseException as error:
             await self._shut_down(error)
             raise
@@ -171,6 +187,32 @@ class CacheStack:
         if self._local:
             self._fast_read = self._local[0].reader(MISSING)
         return self
+
+    async def _start_listener(
+        self, task_group: TaskGroup, bus: RedisInvalidationBus, clock: Clock
+    ) -> None:
+        listener = InvalidationListener(
+            bus,
+            self.origin,
+            apply=self._apply_invalidation,
+            on_resubscribed=self._resubscribed,
+            start_disconnected=self.graceful_degradation is not None,
+        )
+        health = LayerHealth(
+            listener.name,
+            degradation=self.graceful_degradation,
+            breaker=self.circuit_breaker,
+            clock=clock,
+        )
+        self._health[listener] = health
+        supervisor = Supervisor(
+            "invalidation listener",
+            listener.run,
+            on_crash=health.crashed,
+            on_restart=health.restarted,
+        )
+        await task_group.start(supervisor.run, name="layercache invalidation listener")
+        self._listener = listener
 
     async def __aexit__(
         self,
@@ -197,6 +239,8 @@ class CacheStack:
         finally:
             for layer in self._layers:
                 layer.detach()
+            if self.invalidation_bus is not None:
+                self.invalidation_bus.detach()
 
     def _check_open(self) -> None:
         if self._state != _OPEN:
@@ -400,6 +444,7 @@ class CacheStack:
         await self._write_remote(writes)
         self._coordinator.fence_keys(keys)
         self._write_local(writes)
+        await self._broadcast(split_keys(self.origin, keys))
 
     def _encode(
         self, key: str, value: object, ttl: float | None, tags: frozenset[str]
@@ -434,6 +479,7 @@ class CacheStack:
             lambda: self._coordinator.fence_keys(checked),
             lambda layer: layer.delete_many(checked),
         )
+        await self._broadcast(split_keys(self.origin, checked))
 
     async def invalidate_by_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` from every layer.
@@ -448,12 +494,14 @@ class CacheStack:
             removed.update(await layer.invalidate_tag(checked))
 
         await self._invalidate(lambda: self._coordinator.fence_tag(checked), invalidate)
+        await self._broadcast([BusMessage(self.origin, "tag", tag=checked)])
         return len(removed)
 
     async def clear(self) -> None:
         """Remove everything this stack holds in every layer (only under its prefixes)."""
         self._check_open()
         await self._invalidate(self._coordinator.fence_all, lambda layer: layer.clear())
+        await self._broadcast([BusMessage(self.origin, "clear")])
 
     async def _invalidate(
         self, fence: Callable[[], None], apply: Callable[[Layer], Awaitable[None]]
@@ -469,11 +517,43 @@ class CacheStack:
             if layer.local:
                 await apply(layer)
 
+    # -- the invalidation bus ----------------------------------------------------------
+
+    async def _broadcast(self, messages: list[BusMessage]) -> None:
+        listener = self._listener
+        if listener is not None and messages:
+            await self._remote(listener, listener.publish, messages, write=True)
+
+    def _apply_invalidation(self, message: BusMessage) -> None:
+        """Another stack changed something: drop it here (called by the listener)."""
+        local_message: Invalidate | InvalidateTag | Clear
+        if message.op == "keys":
+            self._coordinator.fence_keys(message.keys)
+            local_message = Invalidate(message.keys)
+        elif message.op == "tag":
+            assert message.tag is not None
+            self._coordinator.fence_tag(message.tag)
+            local_message = InvalidateTag(message.tag)
+        else:
+            self._coordinator.fence_all()
+            local_message = Clear()
+        for layer in self._local_layers():
+            layer.post(local_message)
+
+    def _resubscribed(self) -> None:
+        """The bus may have lost messages while unsubscribed: forget everything local."""
+        self._coordinator.fence_all()
+        for layer in self._local_layers():
+            layer.post(Clear())
+
+    def _local_layers(self) -> Iterable[LocalLayer]:
+        return (layer for layer in self._layers if isinstance(layer, LocalLayer))
+
     # -- failure handling --------------------------------------------------------------
 
     async def _remote(
         self,
-        layer: Layer,
+        layer: object,
         request: Callable[..., Awaitable[T]],
         *args: Any,
         write: bool = False,
@@ -513,6 +593,7 @@ class CacheStack:
         layer_hits = dict(self._layer_hits)
         if self._local:
             layer_hits[self._local[0].name] += self._fast_hits
+        listener = self._listener
         return CacheStatistics(
             hits=sum(layer_hits.values()),
             misses=self._misses,
@@ -522,6 +603,10 @@ class CacheStack:
             loads_in_flight=self._coordinator.loads_in_flight,
             waiters=self._coordinator.waiters,
             stale_loads=self._stale_loads,
+            invalidations_sent=listener.sent if listener else 0,
+            invalidations_received=listener.received if listener else 0,
+            invalidations_rejected=sum(listener.rejected.values()) if listener else 0,
+            bus_state=self._bus_state(),
             layers=tuple(self._layer_statistics()),
         )
 
@@ -546,6 +631,15 @@ class CacheStack:
                     dropped=health.dropped,
                 )
             yield stats
+
+    def _bus_state(self) -> str | None:
+        listener = self._listener
+        if listener is None:
+            return None
+        state = self._health[listener].state()
+        if state == "healthy" and not listener.subscribed:
+            return "unsubscribed"
+        return state
 
     @property
     def layers(self) -> tuple[Layer, ...]:

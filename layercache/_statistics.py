@@ -63,3 +63,12 @@ class CacheStatistics:
     waiters: int
     stale_loads: int
     layers: tuple[LayerStatistics, ...]
+    invalidations_sent: int = 0
+    """Bus messages this stack published."""
+    invalidations_received: int = 0
+    """Bus messages from other stacks applied to the local layers."""
+    invalidations_rejected: int = 0
+    """Bus messages dropped: malformed, oversized, unsigned or forged."""
+    bus_state: str | None = None
+    """The bus as the stack sees it (``healthy``, ``degraded``, ``open``, …,
+    ``unsubscribed``); None without a bus."""

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from layercache import CacheStack, MemoryLayer, Write
-from layercache._memory import Clear, Invalidate, InvalidateTag, Sweep
+from layercache._layer import Clear, Invalidate, InvalidateTag, Sweep
 from layercache.testing import FakeClock, LayerContract
 
 

@@ -1,0 +1,181 @@
+"""``RedisInvalidationBus``: keeps every stack's memory layers consistent across instances.
+
+Each stack publishes what it invalidated (keys, a tag, or everything) on a Redis pub/sub
+channel; every other stack on the channel drops the same entries from its local layers.
+Messages carry the sender's origin id, the operation, keys and tags — never values.
+
+Wire format (bounded to :data:`MAX_MESSAGE` bytes)::
+
+    b"LCI1" b"U" <json body>                       unsigned
+    b"LCI1" b"S" <HMAC-SHA256(secret, b"LCI1S" + body)> <json body>   signed
+
+With a ``secret``, unsigned or forged messages are dropped and counted; signatures are
+compared in constant time. A message edited in transit no longer matches its signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ._redis._address import RedisAddress, parse_redis_url
+from ._redis_layer import DEFAULT_TIMEOUT
+from ._validation import check_key, check_tag, check_ttl
+
+MAGIC = b"LCI1"
+MAX_MESSAGE = 64 * 1024
+"""Largest message sent or accepted, in bytes; longer key lists are split."""
+_SIGNED, _UNSIGNED = b"S", b"U"
+_SIGNATURE = 32
+OPERATIONS = ("keys", "tag", "clear")
+
+
+class Rejected(Exception):
+    """A bus message that is not acted on; ``reason`` names why (for the counters)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    origin: str
+    op: str
+    keys: tuple[str, ...] = ()
+    tag: str | None = None
+
+
+def encode(message: BusMessage, secret: bytes | None) -> bytes:
+    body = json.dumps(
+        {"o": message.origin, "op": message.op, "k": list(message.keys), "t": message.tag},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+    if secret is None:
+        data = MAGIC + _UNSIGNED + body
+    else:
+        data = MAGIC + _SIGNED + _sign(secret, body) + body
+    if len(data) > MAX_MESSAGE:
+        raise ValueError("bus message too large; split the keys")  # split_keys prevents it
+    return data
+
+
+def split_keys(origin: str, keys: list[str]) -> list[BusMessage]:
+    """Invalidation messages for ``keys``, each within :data:`MAX_MESSAGE` once encoded."""
+    budget = MAX_MESSAGE - 512  # header, signature, origin and JSON punctuation
+    messages: list[BusMessage] = []
+    chunk: list[str] = []
+    size = 0
+    for key in keys:
+        # Worst case JSON escaping of a character is \\uXXXX (6 bytes).
+        cost = len(key.encode()) * 2 + 8 if key.isascii() else len(key) * 6 + 8
+        if chunk and size + cost > budget:
+            messages.append(BusMessage(origin, "keys", tuple(chunk)))
+            chunk, size = [], 0
+        chunk.append(key)
+        size += cost
+    if chunk:
+        messages.append(BusMessage(origin, "keys", tuple(chunk)))
+    return messages
+
+
+def decode(data: object, secret: bytes | None) -> BusMessage:
+    """Parse and check a message from the channel.
+
+    :raises Rejected: oversized, malformed, unsigned or forged (with a secret).
+    """
+    if not isinstance(data, bytes):
+        raise Rejected("malformed")
+    if len(data) > MAX_MESSAGE:
+        raise Rejected("oversized")
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 1:
+        raise Rejected("malformed")
+    kind = data[len(MAGIC) : len(MAGIC) + 1]
+    rest = data[len(MAGIC) + 1 :]
+    if kind == _SIGNED:
+        signature, body = rest[:_SIGNATURE], rest[_SIGNATURE:]
+        if secret is not None and not hmac.compare_digest(signature, _sign(secret, body)):
+            raise Rejected("forged")
+    elif kind == _UNSIGNED:
+        if secret is not None:
+            raise Rejected("unsigned")
+        body = rest
+    else:
+        raise Rejected("malformed")
+    try:
+        fields = json.loads(body)
+        origin, op, keys, tag = fields["o"], fields["op"], fields["k"], fields["t"]
+        if not isinstance(origin, str) or op not in OPERATIONS or not isinstance(keys, list):
+            raise Rejected("malformed")
+        checked = tuple(check_key(key) for key in keys)
+        if op == "tag":
+            tag = check_tag(tag)
+        elif tag is not None:
+            raise Rejected("malformed")
+    except Rejected:
+        raise
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise Rejected("malformed") from None
+    return BusMessage(origin, op, checked, tag)
+
+
+def _sign(secret: bytes, body: bytes) -> bytes:
+    return hmac.digest(secret, MAGIC + _SIGNED + body, hashlib.sha256)
+
+
+class RedisInvalidationBus:
+    """Cross-instance invalidation over Redis pub/sub, for ``CacheStack(invalidation_bus=)``.
+
+    :param url: ``redis://``, ``rediss://`` or ``unix://`` (asyncio and trio).
+    :param channel: the pub/sub channel; every stack on it invalidates the others.
+    :param secret: if given (bytes or str), messages are HMAC-SHA256 signed and unsigned
+        or forged ones are dropped (and counted). Give every instance the same secret.
+    :param timeout: seconds a publish or the subscription handshake may take.
+    :param keepalive: seconds between PINGs on the subscription, which detect a silent
+        network; a subscription that stops answering is re-established, and the local
+        layers are cleared since messages may have been missed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channel: str = "layercache:invalidation",
+        secret: bytes | str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        keepalive: float = 10.0,
+        ssl_context: Any = None,
+    ) -> None:
+        self.address: RedisAddress = parse_redis_url(url)
+        if not isinstance(channel, str) or not channel:
+            raise ValueError("channel must be a non-empty str")
+        self.channel = channel
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if secret is not None and (not isinstance(secret, bytes) or not secret):
+            raise ValueError("secret must be non-empty bytes or str")
+        self.secret: bytes | None = secret
+        checked = check_ttl(timeout, name="timeout")
+        assert checked is not None
+        self.timeout = checked
+        interval = check_ttl(keepalive, name="keepalive")
+        assert interval is not None
+        self.keepalive = interval
+        self.ssl_context = ssl_context
+        self._in_use = False
+
+    def __repr__(self) -> str:
+        signed = "signed" if self.secret else "unsigned"
+        return f"<RedisInvalidationBus {self.address.display()} {self.channel!r} {signed}>"
+
+    def attach(self) -> None:
+        if self._in_use:
+            raise RuntimeError("this invalidation bus is already in use by another stack")
+        self._in_use = True
+
+    def detach(self) -> None:
+        self._in_use = False

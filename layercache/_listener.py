@@ -1,0 +1,236 @@
+"""The invalidation listener actor: the bridge between Redis pub/sub and the stack.
+
+Owns: the subscription connection to the bus channel, a pipelined transport for
+publishing, and the bus counters (sent, received, ignored, rejected by reason).
+
+It reports itself started only once SUBSCRIBE is acknowledged, so a stack never runs
+without hearing its peers. Each message from another stack is checked (size, format,
+signature) and handed to ``apply`` (the stack posts it to its local layers' inboxes and
+fences its loads); the stack's own messages are ignored; bad ones are dropped, counted,
+and never stop the listener. When the subscription is lost (server restart, network cut,
+no answer to a keepalive PING) it is re-established with jittered back-off, and
+``on_resubscribed`` clears the local layers: messages may have been missed meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import anyio
+import hiredis
+from anyio.abc import TaskStatus
+
+from ._bus import BusMessage, RedisInvalidationBus, Rejected, decode, encode
+from ._exceptions import LayerUnavailableError
+from ._redis._connection import Connection, pack
+from ._redis._errors import RedisConfigurationError, RedisConnectionError, RedisError
+from ._redis._transport import Transport
+
+logger = logging.getLogger("layercache.listener")
+
+RESUBSCRIBE_FIRST = 0.05
+RESUBSCRIBE_MAX = 5.0
+
+
+class InvalidationListener:
+    def __init__(
+        self,
+        bus: RedisInvalidationBus,
+        origin: str,
+        *,
+        apply: Callable[[BusMessage], None],
+        on_resubscribed: Callable[[], None],
+        start_disconnected: bool,
+    ) -> None:
+        self.bus = bus
+        self.origin = origin
+        self._apply = apply
+        self._on_resubscribed = on_resubscribed
+        self._start_disconnected = start_disconnected
+        self._publisher: Transport | None = None
+        self.subscribed = False
+        self.sent = 0
+        self.received = 0
+        self.ignored = 0
+        self.rejected: Counter[str] = Counter()
+        self.resubscriptions = 0
+        self._heard = anyio.Event()
+        self._changed = anyio.Event()
+
+    def __repr__(self) -> str:
+        state = "subscribed" if self.subscribed else "unsubscribed"
+        return (
+            f"<InvalidationListener {self.bus.channel!r} {state} sent={self.sent} "
+            f"received={self.received} rejected={sum(self.rejected.values())}>"
+        )
+
+    @property
+    def name(self) -> str:
+        return "invalidation bus"
+
+    # -- the actor ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        bus = self.bus
+        publisher = Transport(bus.address, timeout=bus.timeout, ssl_context=bus.ssl_context)
+        async with anyio.create_task_group() as tasks:
+            try:
+                await tasks.start(publisher.run)
+            except RedisConfigurationError as error:
+                refused: Exception | None = error
+            else:
+                refused = None
+                self._publisher = publisher
+                try:
+                    await self._listen(task_status)
+                finally:
+                    self._publisher = None
+                    tasks.cancel_scope.cancel()
+        if refused is not None:
+            raise LayerUnavailableError(self.name, str(refused)) from refused
+
+    async def _listen(self, task_status: TaskStatus[None]) -> None:
+        started = False
+        delay = RESUBSCRIBE_FIRST
+        while True:
+            try:
+                connection = await self._subscribe()
+            except RedisConfigurationError as error:
+                if not started:
+                    raise LayerUnavailableError(self.name, str(error)) from error
+                logger.error("cannot resubscribe to %r: %s", self.bus.channel, error)
+            except RedisConnectionError as error:
+                if not started and not self._start_disconnected:
+                    raise LayerUnavailableError(self.name, str(error)) from error
+                if not started:
+                    logger.warning("bus unavailable (%s); will keep trying", error)
+                    started = True
+                    task_status.started()
+            else:
+                delay = RESUBSCRIBE_FIRST
+                self.subscribed = True
+                if not started:
+                    started = True
+                    task_status.started()
+                else:
+                    self.resubscriptions += 1
+                    logger.warning("resubscribed to %r: clearing local layers", self.bus.channel)
+                    self._on_resubscribed()
+                self._changed.set()
+                self._changed = anyio.Event()
+                try:
+                    await self._serve(connection)
+                finally:
+                    self.subscribed = False
+                    await connection.aclose()
+            await anyio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, RESUBSCRIBE_MAX)
+
+    async def _subscribe(self) -> Connection:
+        bus = self.bus
+        try:
+            with anyio.fail_after(bus.timeout):
+                connection = await Connection.open(bus.address, ssl_context=bus.ssl_context)
+                try:
+                    await connection.send(pack([("SUBSCRIBE", bus.channel)]))
+                    while True:
+                        for reply in await connection.receive():
+                            if _kind(reply) == b"subscribe":
+                                return connection
+                except BaseException:
+                    await connection.aclose()
+                    raise
+        except TimeoutError as error:
+            raise RedisConnectionError(
+                f"subscribing to {bus.channel!r} timed out after {bus.timeout} s"
+            ) from error
+
+    async def _serve(self, connection: Connection) -> None:
+        """Handle messages until the connection breaks or stops answering PINGs."""
+        async with anyio.create_task_group() as tasks:
+            heard = [anyio.current_time()]
+
+            async def keep_alive() -> None:
+                while True:
+                    await anyio.sleep(self.bus.keepalive)
+                    asked = anyio.current_time()
+                    try:
+                        await connection.send(pack([("PING",)]))
+                    except RedisConnectionError:
+                        tasks.cancel_scope.cancel()
+                        return
+                    await anyio.sleep(self.bus.timeout)
+                    if heard[0] < asked:
+                        logger.warning("the bus subscription stopped answering")
+                        tasks.cancel_scope.cancel()
+                        return
+
+            tasks.start_soon(keep_alive)
+            try:
+                while True:
+                    replies = await connection.receive()
+                    heard[0] = anyio.current_time()
+                    for reply in replies:
+                        if _kind(reply) == b"message" and isinstance(reply, list):
+                            self.handle(reply[2] if len(reply) == 3 else None)
+            except RedisConnectionError as error:
+                logger.warning("lost the bus subscription: %s", error)
+            tasks.cancel_scope.cancel()
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def handle(self, payload: object) -> None:
+        """Check one message from the channel and apply it (synchronous)."""
+        try:
+            message = decode(payload, self.bus.secret)
+        except Rejected as rejection:
+            self.rejected[rejection.reason] += 1
+            logger.debug("dropped a bus message: %s", rejection.reason)
+            return
+        if message.origin == self.origin:
+            self.ignored += 1
+            return
+        self.received += 1
+        self._apply(message)
+        self._heard.set()
+        self._heard = anyio.Event()
+
+    async def wait_received(self, count: int) -> None:
+        """Return once ``count`` messages from other stacks have been applied (tests)."""
+        while self.received < count:
+            await self._heard.wait()
+
+    async def wait_resubscribed(self, count: int) -> None:
+        """Return once the subscription has been re-established ``count`` times (tests)."""
+        while self.resubscriptions < count:
+            await self._changed.wait()
+
+    async def publish(self, messages: Sequence[BusMessage]) -> None:
+        """Publish ``messages`` in one round trip.
+
+        :raises LayerUnavailableError: Redis could not take them.
+        """
+        publisher = self._publisher
+        if publisher is None:
+            raise LayerUnavailableError(self.name, "the bus is not running")
+        commands = [("PUBLISH", self.bus.channel, encode(m, self.bus.secret)) for m in messages]
+        try:
+            with anyio.fail_after(self.bus.timeout):
+                replies = await publisher.call(commands)
+        except TimeoutError as error:
+            raise LayerUnavailableError(self.name, "publishing timed out") from error
+        except RedisError as error:
+            raise LayerUnavailableError(self.name, str(error)) from error
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise LayerUnavailableError(self.name, f"Redis answered: {reply}")
+        self.sent += len(messages)
+
+
+def _kind(reply: object) -> bytes | None:
+    if isinstance(reply, list) and reply and isinstance(reply[0], bytes):
+        return reply[0]
+    return None

@@ -1,0 +1,213 @@
+"""The invalidation bus: message codec, and stacks keeping each other's L1 consistent.
+
+Rules: stacks share a real redis-server on a channel of their own; a test waits for a
+peer's message with the listener's ``wait_received`` (and then for the memory actor to
+apply it with ``wait_all_tasks_blocked``), never with sleeps.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from layercache import CacheStack, MemoryLayer, RedisInvalidationBus, RedisLayer
+from layercache._bus import MAX_MESSAGE, BusMessage, Rejected, decode, encode, split_keys
+from layercache._listener import InvalidationListener
+from layercache._redis._address import parse_redis_url
+from layercache._redis._transport import Transport
+
+SECRET = b"a shared secret of some length"
+
+
+# -- the codec --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [None, SECRET])
+def test_messages_round_trip(secret: bytes | None) -> None:
+    for message in (
+        BusMessage("origin", "keys", ("a", "ключ", "x:y")),
+        BusMessage("origin", "tag", tag="author:7"),
+        BusMessage("origin", "clear"),
+    ):
+        assert decode(encode(message, secret), secret) == message
+
+
+def _rejection(data: object, secret: bytes | None = SECRET) -> str:
+    with pytest.raises(Rejected) as caught:
+        decode(data, secret)
+    return caught.value.reason
+
+
+def test_signed_bus_rejects_unsigned_forged_and_edited_messages() -> None:
+    message = BusMessage("evil", "clear")
+    assert _rejection(encode(message, None)) == "unsigned"
+    assert _rejection(encode(message, b"another secret")) == "forged"
+    genuine = encode(BusMessage("peer", "keys", ("a",)), SECRET)
+    edited = genuine.replace(b'"a"', b'"b"')
+    assert _rejection(edited) == "forged"
+
+
+def test_garbage_is_malformed_or_oversized() -> None:
+    assert _rejection(b"") == "malformed"
+    assert _rejection(b"hello") == "malformed"
+    assert _rejection("text") == "malformed"
+    assert _rejection(b"LCI1X{}") == "malformed"
+    assert _rejection(b"LCI1" + b"\x00" * (MAX_MESSAGE)) == "oversized"
+    for body in (b"{", b"[]", b'{"o":1,"op":"clear","k":[],"t":null}', b'{"o":"x"}'):
+        assert _rejection(b"LCI1U" + body, None) == "malformed"
+    bad_keys = b'{"o":"x","op":"keys","k":[""],"t":null}'
+    assert _rejection(b"LCI1U" + bad_keys, None) == "malformed"
+    bad_op = b'{"o":"x","op":"drop","k":[],"t":null}'
+    assert _rejection(b"LCI1U" + bad_op, None) == "malformed"
+
+
+def test_long_key_lists_are_split_within_the_bound() -> None:
+    keys = [f"ключ:{n}:" + "é" * 500 for n in range(300)]
+    messages = split_keys("origin", keys)
+    assert len(messages) > 1
+    assert [key for message in messages for key in message.keys] == keys
+    assert all(len(encode(message, SECRET)) <= MAX_MESSAGE for message in messages)
+
+
+# -- stacks on one channel ----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _stacks(
+    url: str, count: int, *, secret: bytes | None = None
+) -> AsyncIterator[tuple[str, list[CacheStack]]]:
+    prefix = f"bus:{uuid.uuid4().hex[:8]}:"
+    channel = f"{prefix}invalidation"
+    async with AsyncExitStack() as stack:
+        stacks = [
+            await stack.enter_async_context(
+                CacheStack(
+                    [MemoryLayer(), RedisLayer(url=url, prefix=prefix)],
+                    invalidation_bus=RedisInvalidationBus(url, channel=channel, secret=secret),
+                )
+            )
+            for _ in range(count)
+        ]
+        yield channel, stacks
+
+
+def _listener(cache: CacheStack) -> InvalidationListener:
+    listener = cache._listener
+    assert listener is not None
+    return listener
+
+
+async def _delivered(cache: CacheStack, count: int) -> None:
+    with anyio.fail_after(10):
+        await _listener(cache).wait_received(count)
+    await anyio.wait_all_tasks_blocked()  # the memory actor applies what was posted
+
+
+def _in_l1(cache: CacheStack, key: str) -> bool:
+    memory = cache.layers[0]
+    assert isinstance(memory, MemoryLayer)
+    return key in memory.get_many_nowait([key])
+
+
+@pytest.mark.anyio
+async def test_set_delete_and_tags_reach_every_l1(redis_server: Any) -> None:
+    async with _stacks(redis_server.url, 3) as (_, (a, b, c)):
+        await a.set_many({"k": 1, "gone": 2, "tagged": 3}, tags=["t"])
+        for peer in (b, c):
+            await _delivered(peer, 1)
+            assert await peer.get_many(["k", "gone", "tagged"]) == {"k": 1, "gone": 2, "tagged": 3}
+            assert _in_l1(peer, "k")
+        await a.set("k", "new")
+        for peer in (b, c):
+            await _delivered(peer, 2)
+            assert not _in_l1(peer, "k")
+            assert await peer.get("k") == "new"
+        await b.delete("gone")
+        for peer in (a, c):
+            await _delivered(peer, 1 if peer is a else 3)
+            assert not _in_l1(peer, "gone")
+        await c.invalidate_by_tag("t")
+        for peer in (a, b):
+            await _delivered(peer, 2 if peer is a else 3)
+            assert not _in_l1(peer, "tagged")
+            assert await peer.get("tagged") is None
+        stats = a.statistics()
+        assert stats.invalidations_sent == 2
+        assert stats.invalidations_received == 2
+        assert stats.bus_state == "healthy"
+        assert _listener(a).ignored == 2  # it heard its own messages and ignored them
+
+
+@pytest.mark.anyio
+async def test_clear_reaches_every_l1(redis_server: Any) -> None:
+    async with _stacks(redis_server.url, 2) as (_, (a, b)):
+        await b.set_many({"k": 1, "j": 2})
+        await _delivered(a, 1)
+        assert await a.get_many(["k", "j"]) == {"k": 1, "j": 2}  # now in a's L1 too
+        await b.clear()
+        await _delivered(a, 2)
+        memory = a.layers[0]
+        assert isinstance(memory, MemoryLayer)
+        assert len(memory) == 0
+
+
+@pytest.mark.anyio
+async def test_signed_bus_drops_forgeries_and_keeps_listening(redis_server: Any) -> None:
+    async with _stacks(redis_server.url, 2, secret=SECRET) as (channel, (a, b)):
+        await a.set("k", 1)
+        await _delivered(b, 1)
+        await b.get("k")
+        raw = Transport(parse_redis_url(redis_server.url), timeout=5)
+        async with anyio.create_task_group() as tg:
+            await tg.start(raw.run)
+            forged = [
+                encode(BusMessage("evil", "clear"), None),  # unsigned
+                encode(BusMessage("evil", "clear"), b"guessed secret"),  # forged
+                encode(BusMessage("a", "keys", ("k",)), SECRET).replace(b'"k"', b'"x"'),
+                b"\x00garbage",
+                b"LCI1S" + b"\x00" * MAX_MESSAGE,  # oversized
+                b"",
+            ]
+            await raw.call([("PUBLISH", channel, payload) for payload in forged])
+            await a.set("other", 2)  # a genuine message after the garbage
+            await _delivered(b, 2)
+            tg.cancel_scope.cancel()
+        assert _in_l1(b, "k")  # no forged message touched it
+        stats = b.statistics()
+        assert stats.invalidations_rejected == len(forged)
+        assert dict(_listener(b).rejected) == {
+            "unsigned": 1,
+            "forged": 2,
+            "malformed": 2,
+            "oversized": 1,
+        }
+
+
+@pytest.mark.anyio
+async def test_resubscription_after_a_redis_restart_clears_l1(own_redis_server: Any) -> None:
+    async with _stacks(own_redis_server.url, 2) as (_, (a, b)):
+        await a.set("k", 1)
+        await _delivered(b, 1)
+        await b.get("k")
+        assert _in_l1(b, "k")
+        own_redis_server.kill()
+        own_redis_server.start()
+        with anyio.fail_after(20):
+            await _listener(b).wait_resubscribed(1)
+        await anyio.wait_all_tasks_blocked()
+        assert not _in_l1(b, "k")  # it may have missed an invalidation: L1 starts over
+
+
+@pytest.mark.anyio
+async def test_bus_needs_its_own_type() -> None:
+    with pytest.raises(TypeError, match="RedisInvalidationBus"):
+        CacheStack([MemoryLayer()], invalidation_bus=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="secret"):
+        RedisInvalidationBus("redis://localhost", secret=b"")
+    with pytest.raises(ValueError, match="Redis URL"):
+        RedisInvalidationBus("http://localhost")
