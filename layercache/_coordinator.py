@@ -4,11 +4,12 @@ Owns: the loads in flight (at most one per key and kind: a *fetching* load, star
 ``get`` with a fetcher, and a *reading* load, which only reads the slower layers), the
 number of callers waiting on each, and for each load whether it went stale.
 
-Takes: :class:`StartLoad` over its inbox, and runs each load in its own task group,
-which lives in the stack's task group. No load ever runs in a caller's task, so
-cancelling a caller (the first one included) cannot cancel a load; a load whose
-callers have all gone runs to completion and fills the cache; the stack's exit
-cancels every load, and their callers get :class:`~layercache.CacheClosedError`.
+Runs: each load as a task in its own task group, which lives in the stack's task group
+(``join`` starts the task directly: a channel hop per load cost more than the load).
+No load ever runs in a caller's task, so cancelling a caller (the first one included)
+cannot cancel a load; a load whose callers have all gone runs to completion and fills
+the cache; the stack's exit cancels every load, and their callers get
+:class:`~layercache.CacheClosedError`.
 
 Fences: a ``set``, ``delete``, tag invalidation or ``clear`` that runs while a load is in
 flight marks the load *stale*. A stale load still hands its result to its callers,
@@ -20,13 +21,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 
 import anyio
-from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.abc import TaskGroup, TaskStatus
 
 from ._exceptions import CacheClosedError
 from ._reply import ReplySlot
@@ -73,11 +71,6 @@ class Flight:
         return f"<Flight {kind} {self.key!r} waiters={self.waiters} stale={self.stale}>"
 
 
-@dataclass(frozen=True, slots=True)
-class StartLoad:
-    flight: Flight
-
-
 Load = Callable[[Flight], Awaitable[Outcome]]
 
 
@@ -87,7 +80,7 @@ class Coordinator:
     def __init__(self, load: Load) -> None:
         self._load = load
         self._flights: dict[tuple[str, bool], Flight] = {}
-        self._inbox: MemoryObjectSendStream[StartLoad] | None = None
+        self._loads: TaskGroup | None = None
         self.fence_count = 0
         """Grows with every fence; a reader that saw it unchanged saw no invalidation."""
 
@@ -103,26 +96,13 @@ class Coordinator:
         return sum(flight.waiters for flight in self._flights.values())
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        # Unbounded is bounded here: each message stands for one flight in
-        # ``_flights``, and each flight for at least one caller that joined it.
-        send, receive = anyio.create_memory_object_stream[StartLoad](math.inf)
         try:
-            async with send, receive, anyio.create_task_group() as loads:
-                self._inbox = send
+            async with anyio.create_task_group() as loads:
+                self._loads = loads
                 task_status.started()
-                while True:
-                    # Start every load waiting, then yield: loads that start in the same
-                    # turn reach the slower layers together and share their round trips.
-                    message = await receive.receive()
-                    while True:
-                        flight = message.flight
-                        loads.start_soon(self._run_load, flight, name=f"layercache load {flight!r}")
-                        try:
-                            message = receive.receive_nowait()
-                        except anyio.WouldBlock:
-                            break
+                await anyio.sleep_forever()
         finally:
-            self._inbox = None
+            self._loads = None
             closed = CacheClosedError("the CacheStack exited while this load was running")
             for flight in self._flights.values():
                 flight.reply.fail(closed)
@@ -140,12 +120,14 @@ class Coordinator:
         slot = (key, fetcher is not None)
         flight = self._flights.get(slot)
         if flight is None:
-            inbox = self._inbox
-            if inbox is None:
+            loads = self._loads
+            if loads is None:
                 raise CacheClosedError("the CacheStack is not running")
             flight = Flight(key, fetcher, ttl, tags)
             self._flights[slot] = flight
-            inbox.send_nowait(StartLoad(flight))
+            # Started straight into the coordinator's task group: a load costs one
+            # task, not a message to the coordinator and then a task.
+            loads.start_soon(self._run_load, flight, name="layercache load")
         return flight
 
     def fence_keys(self, keys: Iterable[str]) -> None:

@@ -33,7 +33,12 @@ from ._layer import Hit, Layer, Write
 from ._redis._adapter import ClientTransport
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._connection import Command
-from ._redis._errors import RedisConfigurationError, RedisError, RedisReplyError
+from ._redis._errors import (
+    RedisConfigurationError,
+    RedisConnectionError,
+    RedisError,
+    RedisReplyError,
+)
 from ._redis._scripts import DELETE, INVALIDATE_TAG, SCRIPTS, WRITE, Script
 from ._redis._transport import Transport
 from ._reply import ReplySlot
@@ -55,12 +60,14 @@ SCAN_COUNT = 1_000
 class Read:
     keys: tuple[str, ...]
     reply: ReplySlot[Any]
+    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
     commands: list[Command]
     reply: ReplySlot[Any]
+    deadline: float
 
 
 Request = Read | Call
@@ -178,6 +185,7 @@ class RedisLayer(Layer):
                     self._inbox = None
                     self._transport = None
                     tasks.cancel_scope.cancel()
+                    _fail_waiting(receive, RedisConnectionError("the Redis layer stopped"))
         if isinstance(refused, RedisConfigurationError):
             raise LayerUnavailableError(self.name, str(refused)) from refused
         if refused is not None:
@@ -187,7 +195,10 @@ class RedisLayer(Layer):
         self, transport: Transport | ClientTransport, receive: MemoryObjectReceiveStream[Request]
     ) -> None:
         while True:
-            batch = [await receive.receive()]
+            try:
+                batch = [receive.receive_nowait()]
+            except anyio.WouldBlock:
+                batch = [await receive.receive()]
             # While a round trip is under way, let requests gather: they go out together.
             await transport.wait_idle()
             while len(batch) < MAX_BATCH:
@@ -195,7 +206,14 @@ class RedisLayer(Layer):
                     batch.append(receive.receive_nowait())
                 except anyio.WouldBlock:
                     break
-            await self._dispatch(transport, batch)
+            try:
+                await self._dispatch(transport, batch)
+            except BaseException:
+                # Requests in hand are answered whatever happens: callers rely on it.
+                error = RedisConnectionError("the Redis layer's actor failed")
+                for request in batch:
+                    request.reply.fail(error)
+                raise
 
     async def _dispatch(self, transport: Transport | ClientTransport, batch: list[Request]) -> None:
         self._batches += 1
@@ -237,7 +255,7 @@ class RedisLayer(Layer):
             for reply, start, end in spans:
                 reply.set(replies[start:end])
 
-        await transport.send(commands, deliver)
+        await transport.send(commands, deliver, min(request.deadline for request in batch))
 
     def _decode(
         self, keys: list[str], values: object, ttls: Sequence[object]
@@ -264,15 +282,26 @@ class RedisLayer(Layer):
 
     # -- requests, from the callers' tasks ---------------------------------------------
 
-    async def _request(self, make: Callable[[ReplySlot[Any]], Request]) -> Any:
+    async def _request(self, make: Callable[[ReplySlot[Any], float], Request]) -> Any:
+        """Post a request and wait for its reply, at most ``timeout`` seconds.
+
+        The deadline travels with the request (the actor hands it to the transport,
+        whose watchdog fails the batch when it passes), so no cancel scope is needed
+        here: that keeps a request to about the cost of one channel send.
+        """
         inbox = self._inbox
         if inbox is None:
             raise LayerUnavailableError(self.name, "the layer is not running")
         reply: ReplySlot[Any] = ReplySlot()
+        deadline = anyio.current_time() + self.timeout
+        request = make(reply, deadline)
         try:
-            with anyio.fail_after(self.timeout):
-                await inbox.send(make(reply))
-                return await reply.wait()
+            try:
+                inbox.send_nowait(request)
+            except anyio.WouldBlock:
+                with anyio.fail_after(self.timeout):  # a full inbox: wait for room
+                    await inbox.send(request)
+            return await reply.wait()
         except TimeoutError as error:
             self._errors += 1
             raise LayerUnavailableError(self.name, f"no answer within {self.timeout} s") from error
@@ -288,12 +317,15 @@ class RedisLayer(Layer):
         Script calls that meet an empty script cache (a restarted server) are sent
         again as EVAL, which loads them.
         """
-        replies: list[object] = await self._request(lambda reply: Call(commands, reply))
+        replies: list[object] = await self._request(
+            lambda reply, deadline: Call(commands, reply, deadline)
+        )
         retry = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
         if retry:
             by_sha = {script.sha: script for script in scripts}
             again = [_as_eval(commands[i], by_sha) for i in retry]
-            for i, reply in zip(retry, await self._request(lambda r: Call(again, r)), strict=True):
+            answers = await self._request(lambda reply, deadline: Call(again, reply, deadline))
+            for i, reply in zip(retry, answers, strict=True):
                 replies[i] = reply
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
@@ -313,7 +345,9 @@ class RedisLayer(Layer):
             return {}
         found: dict[str, Hit]
         corrupt: list[str]
-        found, corrupt = await self._request(lambda reply: Read(tuple(keys), reply))
+        found, corrupt = await self._request(
+            lambda reply, deadline: Read(tuple(keys), reply, deadline)
+        )
         if corrupt:
             # Bad bytes are deleted before the caller goes on, so whatever it writes
             # next (a fetched value, say) cannot race with the clean-up.
@@ -396,6 +430,16 @@ class RedisLayer(Layer):
             errors=self._errors,
             corrupt=self._corrupt,
         )
+
+
+def _fail_waiting(receive: MemoryObjectReceiveStream[Request], error: RedisError) -> None:
+    """Answer every request still in the inbox of a stopping actor: nobody waits forever."""
+    while True:
+        try:
+            request = receive.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
+        request.reply.fail(error)
 
 
 def _is_noscript(reply: object) -> bool:

@@ -462,13 +462,12 @@ async def test_crashed_layer_actor_is_restarted(
             assert await cache.get("cold", returning("fetched")) == "fetched"
             assert crashes == 1
             assert await cache.get("before") == "the crash"  # the stack lives on
+            await restarted.wait()
             # Meanwhile it counted as restarting (one log line per state change).
             assert any(
                 record.name == "layercache.health" and "is restarting" in record.getMessage()
                 for record in caplog.records
             )
-
-            await restarted.wait()
             assert redis_statistics(cache).state != "restarting"
             clock.advance(RETRY_AFTER)
             await wait_connected(layer)

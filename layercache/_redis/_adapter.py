@@ -69,25 +69,33 @@ class ClientTransport:
                 self._idle = anyio.Event()
             await self._idle.wait()
 
-    async def send(self, commands: Sequence[Command], deliver: Deliver) -> None:
+    async def send(
+        self, commands: Sequence[Command], deliver: Deliver, deadline: float | None = None
+    ) -> None:
         task_group = self._task_group
         if task_group is None:
             deliver(RedisConnectionError("the client transport is not running"))
             return
+        if deadline is None:
+            deadline = anyio.current_time() + self.timeout
         self._in_flight += 1
-        task_group.start_soon(self._execute, commands, deliver)
+        task_group.start_soon(self._execute, commands, deliver, deadline)
 
-    async def _execute(self, commands: Sequence[Command], deliver: Deliver) -> None:
+    async def _execute(
+        self, commands: Sequence[Command], deliver: Deliver, deadline: float
+    ) -> None:
         try:
-            await self._execute_pipeline(commands, deliver)
+            await self._execute_pipeline(commands, deliver, deadline)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
 
-    async def _execute_pipeline(self, commands: Sequence[Command], deliver: Deliver) -> None:
+    async def _execute_pipeline(
+        self, commands: Sequence[Command], deliver: Deliver, deadline: float
+    ) -> None:
         try:
-            with anyio.fail_after(self.timeout):
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
                 pipeline = self.client.pipeline(transaction=False)
                 for command in commands:
                     pipeline.execute_command(*command)

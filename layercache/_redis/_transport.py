@@ -145,8 +145,14 @@ class Transport:
                 self._idle = anyio.Event()
             await self._idle.wait()
 
-    async def send(self, commands: Sequence[Command], deliver: Deliver) -> None:
+    async def send(
+        self, commands: Sequence[Command], deliver: Deliver, deadline: float | None = None
+    ) -> None:
         """Write ``commands`` as one batch; ``deliver`` gets their replies later.
+
+        ``deadline`` (on ``anyio.current_time()``; default: ``timeout`` from now) is when
+        the batch's callers give up: if no reply has come by then, the connection is
+        taken as dead and the batch fails.
 
         Never raises for the connection's sake: a batch that cannot be sent is
         delivered the error at once.
@@ -155,7 +161,9 @@ class Transport:
         if connection is None:
             deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
             return
-        self._pending.append(_Batch(len(commands), deliver, anyio.current_time() + self.timeout))
+        if deadline is None:
+            deadline = anyio.current_time() + self.timeout
+        self._pending.append(_Batch(len(commands), deliver, deadline))
         self._batch_sent.set()
         try:
             await connection.send(pack(commands))
