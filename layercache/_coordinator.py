@@ -72,13 +72,16 @@ class Flight:
 
 
 Load = Callable[[Flight], Awaitable[Outcome]]
+ReadMany = Callable[[list[Flight]], Awaitable[list[Outcome]]]
 
 
 class Coordinator:
     """Single-flight for one stack. ``load`` is the stack's read-through procedure."""
 
-    def __init__(self, load: Load) -> None:
+    def __init__(self, load: Load, read_many: ReadMany) -> None:
         self._load = load
+        self._read_many = read_many
+        self._read_batch: list[Flight] | None = None
         self._flights: dict[tuple[str, bool], Flight] = {}
         self._loads: TaskGroup | None = None
         self.fence_count = 0
@@ -103,6 +106,7 @@ class Coordinator:
                 await anyio.sleep_forever()
         finally:
             self._loads = None
+            self._read_batch = None
             closed = CacheClosedError("the CacheStack exited while this load was running")
             for flight in self._flights.values():
                 flight.reply.fail(closed)
@@ -125,9 +129,17 @@ class Coordinator:
                 raise CacheClosedError("the CacheStack is not running")
             flight = Flight(key, fetcher, ttl, tags)
             self._flights[slot] = flight
-            # Started straight into the coordinator's task group: a load costs one
-            # task, not a message to the coordinator and then a task.
-            loads.start_soon(self._run_load, flight, name="layercache load")
+            if fetcher is None:
+                # Reads gather: the first starts a batch task; every read that arrives
+                # before that task runs joins its batch, sharing one request per layer.
+                if self._read_batch is None:
+                    self._read_batch = []
+                    loads.start_soon(self._run_reads, name="layercache reads")
+                self._read_batch.append(flight)
+            else:
+                # Started straight into the coordinator's task group: a load costs one
+                # task, not a message to the coordinator and then a task.
+                loads.start_soon(self._run_load, flight, name="layercache load")
         return flight
 
     def fence_keys(self, keys: Iterable[str]) -> None:
@@ -163,6 +175,28 @@ class Coordinator:
             return await flight.reply.wait()
         finally:
             flight.waiters -= 1
+
+    async def _run_reads(self) -> None:
+        """One batch of reads. Batches run in tasks of their own, so a slow batch never
+        holds up the next (a caller waits at most one layer timeout)."""
+        flights, self._read_batch = self._read_batch or [], None
+        try:
+            outcomes = await self._read_many(flights)
+        except anyio.get_cancelled_exc_class():
+            closed = CacheClosedError("the CacheStack exited while this read was running")
+            for flight in flights:
+                flight.reply.fail(closed)
+            raise
+        except Exception as error:
+            for flight in flights:
+                flight.reply.fail(error)
+        else:
+            for flight, outcome in zip(flights, outcomes, strict=True):
+                flight.reply.set(outcome)
+        finally:
+            for flight in flights:
+                if self._flights.get((flight.key, False)) is flight:
+                    del self._flights[(flight.key, False)]
 
     async def _run_load(self, flight: Flight) -> None:
         for variable, value in flight.context.items():

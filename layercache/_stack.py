@@ -114,7 +114,7 @@ class CacheStack:
             if not isinstance(layer, LocalLayer):
                 break
             self._local += (layer,)
-        self._coordinator = Coordinator(self._load)
+        self._coordinator = Coordinator(self._load, self._read_flights)
         self._health: dict[object, LayerHealth] = {}
         self._state = _NEW
         self._task_group: TaskGroup | None = None
@@ -356,8 +356,32 @@ class CacheStack:
         self._misses += len(pending)
         return found
 
+    async def _read_flights(self, flights: list[Flight]) -> list[Outcome]:
+        """Reading loads (no fetcher), batched: each layer is read once for all keys."""
+        by_key = {flight.key: flight for flight in flights}
+        found: dict[str, Outcome] = {}
+        pending = list(by_key)
+        for index, layer in enumerate(self._layers):
+            if not pending:
+                break
+            if isinstance(layer, LocalLayer):
+                # Read again: a set() may have filled the local layers meanwhile.
+                hits = layer.get_many_nowait(pending)
+            else:
+                answer = await self._remote(layer, layer.get_many, pending)
+                hits = {} if isinstance(answer, _Skipped) else answer
+            if not hits:
+                continue
+            fresh = {key: hit for key, hit in hits.items() if not by_key[key].stale}
+            if fresh:
+                await self._backfill(index, fresh)
+            for key, hit in hits.items():
+                found[key] = (hit.value, layer.name)
+            pending = [key for key in pending if key not in hits]
+        return [found.get(flight.key, (MISSING, None)) for flight in flights]
+
     async def _load(self, flight: Flight) -> Outcome:
-        """The read-through procedure the coordinator runs once per flight."""
+        """The read-through procedure for a load with a fetcher (one task per load)."""
         key = flight.key
         for index, layer in enumerate(self._layers):
             # The local layers are read again: a set() may have filled them meanwhile.
@@ -371,8 +395,7 @@ class CacheStack:
                 if not flight.stale:
                     await self._backfill(index, hits)
                 return hit.value, layer.name
-        if flight.fetcher is None:
-            return MISSING, None
+        assert flight.fetcher is not None
         self._fetches += 1
         try:
             value = await _call_fetcher(flight.fetcher)

@@ -382,15 +382,15 @@ async def test_breaker_opens_probes_once_and_closes(
             assert (refused.state, refused.errors) == ("open", 3)
             assert refused.skipped == opened.skipped + 1
 
-            # Half-open: of five concurrent calls, one is the probe; it fails, so the
-            # breaker opens again.
+            # Half-open: of five concurrent writes, one is the probe; it fails, so the
+            # breaker opens again. (Writes, since concurrent reads share one request.)
             clock.advance(30.0)
             assert redis_statistics(cache).state == "half-open"
             failures: list[LayerUnavailableError] = []
 
             async def attempt(n: int) -> None:
                 with pytest.raises(LayerUnavailableError) as raised:
-                    await cache.get(f"probe{n}")
+                    await cache.set(f"probe{n}", n)
                 failures.append(raised.value)
 
             async with anyio.create_task_group() as tasks:
