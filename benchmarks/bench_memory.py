@@ -29,7 +29,6 @@ import importlib.metadata
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -37,12 +36,12 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import cachetools
+from _machine import cpu_model, source_revision, version
 
 from layercache import CacheStack, MemoryLayer
 
@@ -358,49 +357,16 @@ async def measure_memory(
 # -- reporting ----------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _source_revision() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return done.stdout.strip()
-
-
 def print_machine() -> None:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     print("Machine")
-    print(f"  CPU:        {_cpu_model()}")
+    print(f"  CPU:        {cpu_model()}")
     print(f"  cores:      {os.cpu_count()} logical, {affinity} usable by this process")
     print(f"  system:     {platform.platform()}")
     print(f"  Python:     {platform.python_implementation()} {platform.python_version()}")
     libraries = ("layercache", "anyio", "trio", "cachetools", "cashews", "aiocache")
-    print("  libraries:  " + ", ".join(f"{name} {_version(name)}" for name in libraries))
-    print(f"  layercache: git {_source_revision()}")
+    print("  libraries:  " + ", ".join(f"{name} {version(name)}" for name in libraries))
+    print(f"  layercache: git {source_revision()}")
     if hasattr(os, "getloadavg"):  # other work on the machine skews every figure
         print("  load avg:   " + " ".join(f"{load:.2f}" for load in os.getloadavg()))
     print()

@@ -42,20 +42,19 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 import urllib.parse
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import hiredis
+from _machine import cpu_model, source_revision, version
 from anyio.abc import ByteStream
 
 from layercache import CacheStack, RedisLayer
@@ -479,39 +478,6 @@ def redis_server(url: str | None) -> Iterator[tuple[str, str]]:
 # -- reporting ----------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _source_revision() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return done.stdout.strip()
-
-
 def _redis_py_parser() -> str:
     """Which reply parser redis.asyncio picks (it uses hiredis whenever it imports)."""
     try:
@@ -521,7 +487,7 @@ def _redis_py_parser() -> str:
         return "redis-py not installed"
     parser = connection.DefaultParser.__name__
     if utils.HIREDIS_AVAILABLE:
-        return f"{parser}: hiredis {_version('hiredis')} is used"
+        return f"{parser}: hiredis {version('hiredis')} is used"
     return f"{parser}: hiredis is NOT used (not importable)"
 
 
@@ -534,14 +500,14 @@ def _load_average() -> str:
 def print_machine(server: str, where: str) -> None:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     print("Machine")
-    print(f"  CPU:        {_cpu_model()}")
+    print(f"  CPU:        {cpu_model()}")
     print(f"  cores:      {os.cpu_count()} logical, {affinity} usable by this process")
     print(f"  system:     {platform.platform()}")
     print(f"  Python:     {platform.python_implementation()} {platform.python_version()}")
     libraries = ("layercache", "anyio", "trio", "redis", "hiredis", "coredis", "orjson")
-    print("  libraries:  " + ", ".join(f"{name} {_version(name)}" for name in libraries))
-    print(f"  layercache: git {_source_revision()}")
-    json_library = f"orjson {_version('orjson')}" if JSON_NAME == "orjson" else JSON_NAME
+    print("  libraries:  " + ", ".join(f"{name} {version(name)}" for name in libraries))
+    print(f"  layercache: git {source_revision()}")
+    json_library = f"orjson {version('orjson')}" if JSON_NAME == "orjson" else JSON_NAME
     print(f"  JSON:       {json_library} (what layercache's json serializer uses; peers too)")
     print(f"  redis-py:   parser {_redis_py_parser()}")
     print(f"  server:     {server}, {where}")
