@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -82,6 +83,11 @@ class Coordinator:
         self._load = load
         self._read_many = read_many
         self._read_batch: list[Flight] | None = None
+        self.direct_reads = False
+        """Set by a stack whose slower part is one layer that can complete reads by
+        callback: ``join`` then hands new reading flights to their first caller, who
+        reads directly when the layer is idle (finishing with :meth:`complete`, no
+        task) or else hands the flight to :meth:`gather`."""
         self._flights: dict[tuple[str, bool], Flight] = {}
         self._loads: TaskGroup | None = None
         self.fence_count = 0
@@ -116,10 +122,11 @@ class Coordinator:
 
     def join(
         self, key: str, fetcher: Fetcher | None, ttl: float | None, tags: frozenset[str]
-    ) -> Flight:
+    ) -> tuple[Flight, bool]:
         """Return the load in flight for ``key`` of this kind, starting one if needed.
 
-        Later callers share the first caller's fetcher, ``ttl`` and ``tags``.
+        Later callers share the first caller's fetcher, ``ttl`` and ``tags``. The flag
+        is True for a new reading flight the caller must start itself (direct reads).
         """
         slot = (key, fetcher is not None)
         flight = self._flights.get(slot)
@@ -129,18 +136,46 @@ class Coordinator:
                 raise CacheClosedError("the CacheStack is not running")
             flight = Flight(key, fetcher, ttl, tags)
             self._flights[slot] = flight
+            if fetcher is None and self.direct_reads:
+                return flight, True
             if fetcher is None:
-                # Reads gather: the first starts a batch task; every read that arrives
-                # before that task runs joins its batch, sharing one request per layer.
-                if self._read_batch is None:
-                    self._read_batch = []
-                    loads.start_soon(self._run_reads, name="layercache reads")
-                self._read_batch.append(flight)
+                self.gather(flight)
             else:
                 # Started straight into the coordinator's task group: a load costs one
                 # task, not a message to the coordinator and then a task.
                 loads.start_soon(self._run_load, flight, name="layercache load")
-        return flight
+        return flight, False
+
+    def gather(self, flight: Flight) -> None:
+        """Add a reading flight to the next read batch.
+
+        Reads gather: the first starts a batch task; every read that arrives before that
+        task runs joins its batch, sharing one request per slower layer.
+        """
+        loads = self._loads
+        if loads is None:
+            self.complete(flight, CacheClosedError("the CacheStack is not running"))
+            return
+        if self._read_batch is None:
+            self._read_batch = []
+            loads.start_soon(self._run_reads, name="layercache reads")
+        self._read_batch.append(flight)
+
+    def start(self, function: Callable[..., Coroutine[Any, Any, None]], *args: object) -> None:
+        """Run ``function(*args)`` as a task of the coordinator's (rare follow-up work)."""
+        loads = self._loads
+        if loads is not None:
+            loads.start_soon(function, *args)
+
+    def complete(self, flight: Flight, outcome: Outcome | BaseException) -> None:
+        """Finish a direct read: answer its callers and forget it."""
+        if isinstance(outcome, BaseException):
+            flight.reply.fail(outcome)
+        else:
+            flight.reply.set(outcome)
+        slot = (flight.key, flight.fetcher is not None)
+        if self._flights.get(slot) is flight:
+            del self._flights[slot]
 
     def fence_keys(self, keys: Iterable[str]) -> None:
         self.fence_count += 1

@@ -56,10 +56,35 @@ DELETE_CHUNK = 500
 SCAN_COUNT = 1_000
 
 
+class CallbackReply:
+    """A reply that calls back instead of waking a waiter: the transport's reader task
+    completes the read itself (see :meth:`RedisLayer.read_soon`)."""
+
+    __slots__ = ("_callback", "_done")
+
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self._callback = callback
+        self._done = False
+
+    def set(self, value: object) -> None:
+        if not self._done:
+            self._done = True
+            self._callback(value)
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._callback(error)
+
+
+ReadDone = Callable[[tuple[dict[str, Hit], list[str]] | BaseException], None]
+"""Receives a direct read's ``(hits, corrupt keys)``, or the error that stopped it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Read:
     keys: tuple[str, ...]
-    reply: ReplySlot[Any]
+    reply: ReplySlot[Any] | CallbackReply
     deadline: float
 
 
@@ -139,6 +164,7 @@ class RedisLayer(Layer):
         self._ssl_context = ssl_context
         self._transport: Transport | ClientTransport | None = None
         self._inbox: MemoryObjectSendStream[Request] | None = None
+        self._writer: anyio.Lock | None = None
         self._hits = self._misses = self._writes = self._deletes = 0
         self._errors = self._corrupt = self._batches = 0
 
@@ -178,12 +204,15 @@ class RedisLayer(Layer):
             else:
                 self._transport = transport
                 self._inbox = send
+                # One writer at a time: the actor, or a task writing a read directly.
+                self._writer = anyio.Lock(fast_acquire=True)
                 task_status.started()
                 try:
                     await self._serve(transport, receive)
                 finally:
                     self._inbox = None
                     self._transport = None
+                    self._writer = None
                     tasks.cancel_scope.cancel()
                     _fail_waiting(receive, RedisConnectionError("the Redis layer stopped"))
         if isinstance(refused, RedisConfigurationError):
@@ -207,7 +236,10 @@ class RedisLayer(Layer):
                 except anyio.WouldBlock:
                     break
             try:
-                await self._dispatch(transport, batch)
+                writer = self._writer
+                assert writer is not None
+                async with writer:
+                    await self._dispatch(transport, batch)
             except BaseException:
                 # Requests in hand are answered whatever happens: callers rely on it.
                 error = RedisConnectionError("the Redis layer's actor failed")
@@ -340,6 +372,42 @@ class RedisLayer(Layer):
     def encode(self, value: object) -> bytes:
         return self.serializer.dumps(value)
 
+    async def read_now(self, keys: Sequence[str], done: ReadDone) -> bool:
+        """Write a read at once if the connection is idle; ``done`` gets the result.
+
+        The fast path for a lone cold read: the calling task writes the request itself
+        (shielded: a small write to an idle connection does not block), and the
+        transport's reader hands the reply to ``done``, so the read costs two task
+        switches instead of a trip through the actor. Returns False, doing nothing,
+        when a round trip is already under way: the caller should batch instead.
+        ``done`` may be called before this returns (no connection, say). The caller
+        need not stay: nobody waits on the socket, the reader completes the read.
+        """
+        transport, writer = self._transport, self._writer
+        if transport is None or writer is None or not transport.idle:
+            return False
+        try:
+            writer.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        request = Read(tuple(keys), CallbackReply(done), anyio.current_time() + self.timeout)
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._dispatch(transport, [request])
+        finally:
+            writer.release()
+        return True
+
+    def count_error(self) -> None:
+        self._errors += 1
+
+    async def delete_corrupt(self, keys: Sequence[str]) -> None:
+        """Delete undecodable values; a failure is logged, not raised (it is clean-up)."""
+        try:
+            await self._call(self._delete_commands(keys), (DELETE,))
+        except LayerUnavailableError as error:
+            logger.debug("could not delete undecodable values %r: %s", keys, error)
+
     async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
         if not keys:
             return {}
@@ -351,10 +419,7 @@ class RedisLayer(Layer):
         if corrupt:
             # Bad bytes are deleted before the caller goes on, so whatever it writes
             # next (a fetched value, say) cannot race with the clean-up.
-            try:
-                await self._call(self._delete_commands(corrupt), (DELETE,))
-            except LayerUnavailableError as error:
-                logger.debug("could not delete undecodable values %r: %s", corrupt, error)
+            await self.delete_corrupt(corrupt)
         return found
 
     async def write_many(self, writes: Sequence[Write]) -> None:

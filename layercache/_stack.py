@@ -31,6 +31,7 @@ from ._health import LayerHealth
 from ._layer import Clear, Hit, Invalidate, InvalidateTag, Layer, LocalLayer, Write
 from ._listener import InvalidationListener
 from ._options import CircuitBreaker, GracefulDegradation
+from ._redis_layer import RedisLayer
 from ._statistics import CacheStatistics, LayerStatistics
 from ._supervisor import Supervisor
 from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
@@ -115,6 +116,12 @@ class CacheStack:
                 break
             self._local += (layer,)
         self._coordinator = Coordinator(self._load, self._read_flights)
+        # One remote layer behind the local ones: lone reads take the direct path.
+        remote = self._layers[len(self._local) :]
+        self._direct: RedisLayer | None = None
+        if len(remote) == 1 and isinstance(remote[0], RedisLayer):
+            self._direct = remote[0]
+            self._coordinator.direct_reads = True
         self._health: dict[object, LayerHealth] = {}
         self._state = _NEW
         self._task_group: TaskGroup | None = None
@@ -315,7 +322,9 @@ class CacheStack:
         if fetcher is None and len(self._local) == len(self._layers):
             self._misses += 1
             return default
-        flight = self._coordinator.join(key, fetcher, checked_ttl, checked_tags)
+        flight, start = self._coordinator.join(key, fetcher, checked_ttl, checked_tags)
+        if start:
+            await self._read_directly(flight)
         try:
             value, source = await self._coordinator.wait(flight)
         except Exception:
@@ -355,6 +364,76 @@ class CacheStack:
             pending = [key for key in pending if key not in hits]
         self._misses += len(pending)
         return found
+
+    async def _read_directly(self, flight: Flight) -> None:
+        """Start a reading flight on the one remote layer; its reader completes it.
+
+        The caller has just missed every local layer (with no await since), so the
+        read goes straight to the remote layer; the result is handled synchronously
+        in the transport's reader task by ``done`` below, exactly as ``_read_flights``
+        would: health accounting, backfill of the local layers, the flight's answer.
+        """
+        layer = self._direct
+        assert layer is not None
+        index = len(self._local)
+        health = self._health[layer]
+        key = flight.key
+        probe = health.admit()
+        if probe is None:
+            health.skipped += 1
+            if health.graceful:
+                self._coordinator.complete(flight, (MISSING, None))
+            else:
+                self._coordinator.complete(flight, health.refusal())
+            return
+
+        def done(result: tuple[dict[str, Hit], list[str]] | BaseException) -> None:
+            # Runs in the transport's reader task: it must never raise into it.
+            try:
+                finish(result)
+            except Exception as error:
+                logger.exception("completing a read of %r failed", key)
+                self._coordinator.complete(flight, error)
+
+        def finish(result: tuple[dict[str, Hit], list[str]] | BaseException) -> None:
+            if isinstance(result, BaseException):
+                layer.count_error()
+                error = LayerUnavailableError(layer.name, str(result))
+                error.__cause__ = result
+                health.failed(error, probe)
+                self._coordinator.complete(flight, (MISSING, None) if health.graceful else error)
+                return
+            health.succeeded(probe)
+            hits, corrupt = result
+            if corrupt:
+                # Rare: the bad bytes are deleted before anyone hears "miss", in a task.
+                self._coordinator.start(self._clean_then_miss, layer, corrupt, flight)
+                return
+            hit = hits.get(key)
+            if hit is None:
+                self._coordinator.complete(flight, (MISSING, None))
+                return
+            if not flight.stale:
+                self._backfill_local(index, {key: hit})
+            self._coordinator.complete(flight, (hit.value, layer.name))
+
+        try:
+            sent = await layer.read_now((key,), done)
+        except BaseException as error:
+            # Not sent after all: nobody else would ever answer this flight's callers.
+            health.abandoned(probe)
+            self._coordinator.complete(flight, error)
+            raise
+        if not sent:
+            # A round trip is under way: join the batch that goes out after it.
+            health.abandoned(probe)
+            self._coordinator.gather(flight)
+
+    async def _clean_then_miss(self, layer: RedisLayer, corrupt: list[str], flight: Flight) -> None:
+        try:
+            await layer.delete_corrupt(corrupt)
+        finally:
+            self._coordinator.complete(flight, (MISSING, None))
 
     async def _read_flights(self, flights: list[Flight]) -> list[Outcome]:
         """Reading loads (no fetcher), batched: each layer is read once for all keys."""

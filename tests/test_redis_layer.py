@@ -461,3 +461,40 @@ async def _command_calls(raw: Transport, command: str) -> int:
         if line.startswith(f"cmdstat_{command}:"):
             return int(line.split("calls=")[1].split(",")[0])
     return 0
+
+
+async def test_cancelled_stack_reads_never_get_a_wrong_value(
+    redis_server: Any, prefix: str
+) -> None:
+    """Lone reads take the direct path (the caller writes, the reader answers); crowds
+    take the batched one. Cancelling callers at random must never cross answers."""
+    rng = random.Random(4321)
+    memory = MemoryLayer()
+    async with CacheStack([memory, RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        await cache.set_many({f"k{n}": n for n in range(100)})
+        wrong: list[tuple[str, object]] = []
+
+        async def read(key: str, scope: anyio.CancelScope) -> None:
+            with scope:
+                value = await cache.get(key)
+                if value != int(key[1:]):
+                    wrong.append((key, value))
+
+        for round_ in range(20):
+            memory.clear_nowait()  # every read goes to Redis
+            scopes = [anyio.CancelScope() for _ in range(100)]
+            async with anyio.create_task_group() as tg:
+                for n, scope in enumerate(scopes):
+                    tg.start_soon(read, f"k{n}", scope)
+                    if round_ % 2:
+                        await anyio.lowlevel.checkpoint()  # lone reads: the direct path
+                for scope in rng.sample(scopes, 30):
+                    for _ in range(rng.randrange(3)):
+                        await anyio.lowlevel.checkpoint()
+                    scope.cancel()
+        assert wrong == []
+        memory.clear_nowait()
+        assert await cache.get_many([f"k{n}" for n in range(100)]) == {
+            f"k{n}": n for n in range(100)
+        }
+        assert cache.statistics().loads_in_flight == 0

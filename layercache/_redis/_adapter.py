@@ -62,6 +62,10 @@ class ClientTransport:
             finally:
                 self._task_group = None
 
+    @property
+    def idle(self) -> bool:
+        return not self._in_flight
+
     async def wait_idle(self) -> None:
         """Return once no batch is executing (see ``Transport.wait_idle``)."""
         while self._in_flight:

@@ -78,6 +78,11 @@ class Transport:
     def connected(self) -> bool:
         return self._connection is not None
 
+    @property
+    def idle(self) -> bool:
+        """No batch awaits replies (so everything written so far has left the socket)."""
+        return not self._pending
+
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         """Connect, then read replies and reconnect until cancelled.
 
