@@ -349,11 +349,7 @@ class CacheStack:
         for index, layer in enumerate(self._layers):
             if not pending:
                 break
-            if isinstance(layer, LocalLayer):
-                hits = layer.get_many_nowait(pending)
-            else:
-                answer = await self._remote(layer, layer.get_many, pending)
-                hits = {} if isinstance(answer, _Skipped) else answer
+            hits = await self._read_layer(layer, pending)
             if not hits:
                 continue
             if self._coordinator.fence_count == fences:
@@ -443,12 +439,8 @@ class CacheStack:
         for index, layer in enumerate(self._layers):
             if not pending:
                 break
-            if isinstance(layer, LocalLayer):
-                # Read again: a set() may have filled the local layers meanwhile.
-                hits = layer.get_many_nowait(pending)
-            else:
-                answer = await self._remote(layer, layer.get_many, pending)
-                hits = {} if isinstance(answer, _Skipped) else answer
+            # Local layers are read again: a set() may have filled them meanwhile.
+            hits = await self._read_layer(layer, pending)
             if not hits:
                 continue
             fresh = {key: hit for key, hit in hits.items() if not by_key[key].stale}
@@ -464,11 +456,7 @@ class CacheStack:
         key = flight.key
         for index, layer in enumerate(self._layers):
             # The local layers are read again: a set() may have filled them meanwhile.
-            if isinstance(layer, LocalLayer):
-                hits = layer.get_many_nowait((key,))
-            else:
-                answer = await self._remote(layer, layer.get_many, (key,))
-                hits = {} if isinstance(answer, _Skipped) else answer
+            hits = await self._read_layer(layer, (key,))
             hit = hits.get(key)
             if hit is not None:
                 if not flight.stale:
@@ -489,6 +477,14 @@ class CacheStack:
         else:
             self._write_local(writes)
         return value, None
+
+    async def _read_layer(self, layer: Layer, keys: Sequence[str]) -> dict[str, Hit]:
+        """One layer's hits for ``keys``: local ones at once, remote ones as health allows
+        (a skipped remote layer reads as a miss)."""
+        if isinstance(layer, LocalLayer):
+            return layer.get_many_nowait(keys)
+        answer = await self._remote(layer, layer.get_many, keys)
+        return {} if isinstance(answer, _Skipped) else answer
 
     def _backfill_local(self, index: int, hits: Mapping[str, Hit]) -> None:
         for layer in self._local[:index]:
