@@ -131,6 +131,8 @@ class RedisInvalidationBus:
     """Cross-instance invalidation over Redis pub/sub, for ``CacheStack(invalidation_bus=)``.
 
     :param url: ``redis://``, ``rediss://`` or ``unix://`` (asyncio and trio).
+    :param client: instead of ``url``, a ``redis.asyncio``-compatible client
+        (``decode_responses=False``); asyncio only, a ``TypeError`` under trio.
     :param channel: the pub/sub channel; every stack on it invalidates the others.
     :param secret: if given (bytes or str), messages are HMAC-SHA256 signed and unsigned
         or forged ones are dropped (and counted). Give every instance the same secret.
@@ -142,15 +144,19 @@ class RedisInvalidationBus:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         channel: str = "layercache:invalidation",
         secret: bytes | str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         keepalive: float = 10.0,
         ssl_context: Any = None,
+        client: Any = None,
     ) -> None:
-        self.address: RedisAddress = parse_redis_url(url)
+        if (url is None) == (client is None):
+            raise TypeError("RedisInvalidationBus needs exactly one of url= or client=")
+        self.address: RedisAddress | None = parse_redis_url(url) if url is not None else None
+        self.client = client
         if not isinstance(channel, str) or not channel:
             raise ValueError("channel must be a non-empty str")
         self.channel = channel
@@ -170,7 +176,8 @@ class RedisInvalidationBus:
 
     def __repr__(self) -> str:
         signed = "signed" if self.secret else "unsigned"
-        return f"<RedisInvalidationBus {self.address.display()} {self.channel!r} {signed}>"
+        where = self.address.display() if self.address is not None else repr(self.client)
+        return f"<RedisInvalidationBus {where} {self.channel!r} {signed}>"
 
     def attach(self) -> None:
         if self._in_use:

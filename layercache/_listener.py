@@ -25,8 +25,9 @@ from anyio.abc import TaskStatus
 
 from ._bus import BusMessage, RedisInvalidationBus, Rejected, decode, encode
 from ._exceptions import LayerUnavailableError
-from ._redis._connection import Connection, pack
+from ._redis._adapter import ClientTransport
 from ._redis._errors import RedisConfigurationError, RedisConnectionError, RedisError
+from ._redis._subscription import ClientSubscription, ConnectionSubscription, Subscription
 from ._redis._transport import Transport
 
 logger = logging.getLogger("layercache.listener")
@@ -50,7 +51,7 @@ class InvalidationListener:
         self._apply = apply
         self._on_resubscribed = on_resubscribed
         self._start_disconnected = start_disconnected
-        self._publisher: Transport | None = None
+        self._publisher: Transport | ClientTransport | None = None
         self.subscribed = False
         self.sent = 0
         self.received = 0
@@ -75,11 +76,15 @@ class InvalidationListener:
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         bus = self.bus
-        publisher = Transport(bus.address, timeout=bus.timeout, ssl_context=bus.ssl_context)
+        publisher: Transport | ClientTransport
+        if bus.address is not None:
+            publisher = Transport(bus.address, timeout=bus.timeout, ssl_context=bus.ssl_context)
+        else:
+            publisher = ClientTransport(bus.client, timeout=bus.timeout)
         async with anyio.create_task_group() as tasks:
             try:
                 await tasks.start(publisher.run)
-            except RedisConfigurationError as error:
+            except (RedisConfigurationError, TypeError) as error:
                 refused: Exception | None = error
             else:
                 refused = None
@@ -89,6 +94,8 @@ class InvalidationListener:
                 finally:
                     self._publisher = None
                     tasks.cancel_scope.cancel()
+        if isinstance(refused, TypeError):
+            raise refused
         if refused is not None:
             raise LayerUnavailableError(self.name, str(refused)) from refused
 
@@ -129,27 +136,22 @@ class InvalidationListener:
             await anyio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, RESUBSCRIBE_MAX)
 
-    async def _subscribe(self) -> Connection:
+    async def _subscribe(self) -> Subscription:
         bus = self.bus
         try:
             with anyio.fail_after(bus.timeout):
-                connection = await Connection.open(bus.address, ssl_context=bus.ssl_context)
-                try:
-                    await connection.send(pack([("SUBSCRIBE", bus.channel)]))
-                    while True:
-                        for reply in await connection.receive():
-                            if _kind(reply) == b"subscribe":
-                                return connection
-                except BaseException:
-                    await connection.aclose()
-                    raise
+                if bus.address is not None:
+                    return await ConnectionSubscription.open(
+                        bus.address, bus.channel, bus.ssl_context
+                    )
+                return await ClientSubscription.open(bus.client, bus.channel)
         except TimeoutError as error:
             raise RedisConnectionError(
                 f"subscribing to {bus.channel!r} timed out after {bus.timeout} s"
             ) from error
 
-    async def _serve(self, connection: Connection) -> None:
-        """Handle messages until the connection breaks or stops answering PINGs."""
+    async def _serve(self, subscription: Subscription) -> None:
+        """Handle messages until the subscription breaks or stops answering PINGs."""
         async with anyio.create_task_group() as tasks:
             heard = [anyio.current_time()]
 
@@ -158,7 +160,7 @@ class InvalidationListener:
                     await anyio.sleep(self.bus.keepalive)
                     asked = anyio.current_time()
                     try:
-                        await connection.send(pack([("PING",)]))
+                        await subscription.ping()
                     except RedisConnectionError:
                         tasks.cancel_scope.cancel()
                         return
@@ -171,11 +173,10 @@ class InvalidationListener:
             tasks.start_soon(keep_alive)
             try:
                 while True:
-                    replies = await connection.receive()
+                    payloads = await subscription.receive()
                     heard[0] = anyio.current_time()
-                    for reply in replies:
-                        if _kind(reply) == b"message" and isinstance(reply, list):
-                            self.handle(reply[2] if len(reply) == 3 else None)
+                    for payload in payloads:
+                        self.handle(payload)
             except RedisConnectionError as error:
                 logger.warning("lost the bus subscription: %s", error)
             tasks.cancel_scope.cancel()
@@ -228,9 +229,3 @@ class InvalidationListener:
             if isinstance(reply, hiredis.ReplyError):
                 raise LayerUnavailableError(self.name, f"Redis answered: {reply}")
         self.sent += len(messages)
-
-
-def _kind(reply: object) -> bytes | None:
-    if isinstance(reply, list) and reply and isinstance(reply[0], bytes):
-        return reply[0]
-    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 
+import anyio
 import fakeredis
 import pytest
 
@@ -60,3 +61,44 @@ async def test_client_that_decodes_responses_is_refused(anyio_backend: str) -> N
     with pytest.raises(expected, match=match):
         async with CacheStack([RedisLayer(client=client)]):
             pass
+
+
+async def test_bus_over_clients(anyio_backend: str) -> None:
+    from layercache import RedisInvalidationBus
+
+    server = fakeredis.FakeServer()
+
+    def stack() -> CacheStack:
+        return CacheStack(
+            [MemoryLayer(), RedisLayer(client=fakeredis.FakeAsyncRedis(server=server))],
+            invalidation_bus=RedisInvalidationBus(
+                client=fakeredis.FakeAsyncRedis(server=server), secret="s3cret-s3cret"
+            ),
+        )
+
+    if anyio_backend == "trio":
+        with pytest.raises(TypeError, match="url="):
+            async with stack():
+                pass
+        return
+    async with stack() as a, stack() as b:
+        listener = b._listener
+        assert listener is not None
+        await a.set("k", 1)
+        await listener.wait_received(1)
+        assert await b.get("k") == 1  # read from Redis, now in b's L1
+        await a.set("k", 2)
+        await listener.wait_received(2)
+        await anyio.wait_all_tasks_blocked()
+        assert await b.get("k") == 2
+        assert b.statistics().invalidations_received == 2
+        assert a.statistics().invalidations_sent == 2
+
+
+def test_bus_needs_exactly_one_of_url_and_client() -> None:
+    from layercache import RedisInvalidationBus
+
+    with pytest.raises(TypeError, match="exactly one"):
+        RedisInvalidationBus()
+    with pytest.raises(TypeError, match="exactly one"):
+        RedisInvalidationBus("redis://localhost", client=fakeredis.FakeAsyncRedis())

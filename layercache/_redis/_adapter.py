@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._connection import Command
 from ._errors import RedisConfigurationError, RedisConnectionError
-from ._transport import Deliver
+from ._transport import Deliver, call
 
 
 def _running_on_trio() -> bool:
@@ -61,6 +61,10 @@ class ClientTransport:
                 await anyio.sleep_forever()
             finally:
                 self._task_group = None
+
+    async def call(self, commands: Sequence[Command]) -> list[object]:
+        """Send a batch and wait for its replies."""
+        return await call(self, commands)
 
     @property
     def idle(self) -> bool:

@@ -19,6 +19,7 @@ import random
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -177,19 +178,7 @@ class Transport:
 
     async def call(self, commands: Sequence[Command]) -> list[object]:
         """Send a batch and wait for its replies (for callers that can simply wait)."""
-        done = anyio.Event()
-        result: list[list[object] | RedisError] = []
-
-        def deliver(replies: list[object] | RedisError) -> None:
-            result.append(replies)
-            done.set()
-
-        await self.send(commands, deliver)
-        await done.wait()
-        outcome = result[0]
-        if isinstance(outcome, RedisError):
-            raise outcome
-        return outcome
+        return await call(self, commands)
 
     async def _serve(self, connection: Connection) -> None:
         """Read and watch deadlines until the connection breaks."""
@@ -249,3 +238,26 @@ class Transport:
         self._idle.set()
         for batch in pending:
             batch.deliver(error)
+
+
+class Sender(Protocol):
+    async def send(
+        self, commands: Sequence[Command], deliver: Deliver, deadline: float | None = None
+    ) -> None: ...
+
+
+async def call(sender: Sender, commands: Sequence[Command]) -> list[object]:
+    """Send a batch through ``sender`` and wait for its replies (raises on a lost one)."""
+    done = anyio.Event()
+    result: list[list[object] | RedisError] = []
+
+    def deliver(replies: list[object] | RedisError) -> None:
+        result.append(replies)
+        done.set()
+
+    await sender.send(commands, deliver)
+    await done.wait()
+    outcome = result[0]
+    if isinstance(outcome, RedisError):
+        raise outcome
+    return outcome

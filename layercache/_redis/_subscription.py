@@ -1,0 +1,128 @@
+"""A pub/sub subscription to one channel: on our own connection, or through redis-py.
+
+Both give the invalidation listener the same three operations: ``receive()`` (the
+payloads of the messages that arrived; an empty list for other traffic such as PING
+replies), ``ping()`` and ``aclose()``. Both raise :class:`RedisConnectionError` when
+the subscription is lost.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import anyio
+
+from ._address import RedisAddress
+from ._connection import Connection, pack
+from ._errors import RedisConnectionError
+
+
+class Subscription(Protocol):
+    async def receive(self) -> list[object]: ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ConnectionSubscription:
+    """SUBSCRIBE on a connection of our own (``url=``; asyncio and trio)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def open(
+        cls, address: RedisAddress, channel: str, ssl_context: ssl.SSLContext | None
+    ) -> ConnectionSubscription:
+        """Connect and subscribe; return once SUBSCRIBE is acknowledged (run it under a
+        deadline)."""
+        connection = await Connection.open(address, ssl_context=ssl_context)
+        try:
+            await connection.send(pack([("SUBSCRIBE", channel)]))
+            while True:
+                for reply in await connection.receive():
+                    if _kind(reply) == b"subscribe":
+                        return cls(connection)
+        except BaseException:
+            await connection.aclose()
+            raise
+
+    async def receive(self) -> list[object]:
+        return [
+            reply[2]
+            for reply in await self.connection.receive()
+            if _kind(reply) == b"message" and isinstance(reply, list) and len(reply) == 3
+        ]
+
+    async def ping(self) -> None:
+        await self.connection.send(pack([("PING",)]))
+
+    async def aclose(self) -> None:
+        await self.connection.aclose()
+
+
+class ClientSubscription:
+    """A redis-py ``PubSub`` (``client=``; asyncio only)."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self.pubsub = pubsub
+
+    @classmethod
+    async def open(cls, client: Any, channel: str) -> ClientSubscription:
+        pubsub = client.pubsub()
+        try:
+            with _client_errors():
+                await pubsub.subscribe(channel)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "subscribe":
+                        return cls(pubsub)
+        except BaseException:
+            await _close(pubsub)
+            raise
+
+    async def receive(self) -> list[object]:
+        with _client_errors():
+            message = await self.pubsub.get_message(timeout=None)
+        if message is not None and message.get("type") == "message":
+            return [message.get("data")]
+        return []
+
+    async def ping(self) -> None:
+        with _client_errors():
+            await self.pubsub.ping()
+
+    async def aclose(self) -> None:
+        await _close(self.pubsub)
+
+
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    """redis-py's connection and timeout errors, as ours."""
+    try:
+        yield
+    except OSError as error:
+        raise RedisConnectionError(f"{type(error).__name__}: {error}") from error
+    except Exception as error:
+        if type(error).__name__ in ("ConnectionError", "TimeoutError", "BusyLoadingError"):
+            raise RedisConnectionError(f"{type(error).__name__}: {error}") from error
+        raise
+
+
+async def _close(pubsub: Any) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            close = getattr(pubsub, "aclose", None) or pubsub.reset
+            await close()
+        except Exception:  # closing a broken subscription is best effort
+            pass
+
+
+def _kind(reply: object) -> bytes | None:
+    if isinstance(reply, list) and reply and isinstance(reply[0], bytes):
+        return reply[0]
+    return None
