@@ -118,7 +118,7 @@ def decode(data: object, secret: bytes | None) -> BusMessage:
             raise Rejected("malformed")
     except Rejected:
         raise
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+    except Exception:  # anything the JSON holds, even nesting deep enough to recurse
         raise Rejected("malformed") from None
     return BusMessage(origin, op, checked, tag)
 

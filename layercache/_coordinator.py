@@ -130,7 +130,9 @@ class Coordinator:
         """
         slot = (key, fetcher is not None)
         flight = self._flights.get(slot)
-        if flight is None:
+        if flight is None or flight.stale:
+            # A stale load answers only those who asked before the change: a caller
+            # arriving after it starts a new load (the old one forgets its slot).
             loads = self._loads
             if loads is None:
                 raise CacheClosedError("the CacheStack is not running")

@@ -58,6 +58,7 @@ class InvalidationListener:
         self.ignored = 0
         self.rejected: Counter[str] = Counter()
         self.resubscriptions = 0
+        self._started_once = False
         self._heard = anyio.Event()
         self._changed = anyio.Event()
 
@@ -100,7 +101,11 @@ class InvalidationListener:
             raise LayerUnavailableError(self.name, str(refused)) from refused
 
     async def _listen(self, task_status: TaskStatus[None]) -> None:
-        started = False
+        # After a restart (the supervisor runs us again) the stack is already running:
+        # nothing may fail its start now, and the first subscription is a re-subscription.
+        started = self._started_once
+        if started:
+            task_status.started()
         delay = RESUBSCRIBE_FIRST
         while True:
             try:
@@ -114,13 +119,13 @@ class InvalidationListener:
                     raise LayerUnavailableError(self.name, str(error)) from error
                 if not started:
                     logger.warning("bus unavailable (%s); will keep trying", error)
-                    started = True
+                    started = self._started_once = True
                     task_status.started()
             else:
                 delay = RESUBSCRIBE_FIRST
                 self.subscribed = True
                 if not started:
-                    started = True
+                    started = self._started_once = True
                     task_status.started()
                 else:
                     self.resubscriptions += 1
@@ -195,7 +200,10 @@ class InvalidationListener:
             self.ignored += 1
             return
         self.received += 1
-        self._apply(message)
+        try:
+            self._apply(message)
+        except Exception:  # a bug in applying must not stop the listener
+            logger.exception("applying a bus message failed")
         self._heard.set()
         self._heard = anyio.Event()
 

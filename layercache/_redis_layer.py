@@ -228,14 +228,15 @@ class RedisLayer(Layer):
                 batch = [receive.receive_nowait()]
             except anyio.WouldBlock:
                 batch = [await receive.receive()]
-            # While a round trip is under way, let requests gather: they go out together.
-            await transport.wait_idle()
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(receive.receive_nowait())
-                except anyio.WouldBlock:
-                    break
             try:
+                # While a round trip is under way, let requests gather: they go out
+                # together.
+                await transport.wait_idle()
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
                 writer = self._writer
                 assert writer is not None
                 async with writer:
@@ -438,7 +439,15 @@ class RedisLayer(Layer):
         keys = [self.keys.values + write.key, self.keys.key_tags + write.key]
         keys.extend(self.keys.tag_sets + tag for tag in tags)
         envelope = wrap(self.serializer, body, write.tags)
-        return WRITE.evalsha(keys, [envelope, ttl_ms, write.key, self.keys.tag_sets, *tags])
+        arguments: list[str | bytes | int] = [
+            envelope,
+            ttl_ms,
+            write.key,
+            self.keys.tag_sets,
+            self.keys.values,
+            *tags,
+        ]
+        return WRITE.evalsha(keys, arguments)
 
     def _delete_commands(self, keys: Sequence[str]) -> list[Command]:
         commands: list[Command] = []

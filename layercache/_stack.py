@@ -454,12 +454,15 @@ class CacheStack:
     async def _load(self, flight: Flight) -> Outcome:
         """The read-through procedure for a load with a fetcher (one task per load)."""
         key = flight.key
+        # A found entry's tags are known only once it is found, after fences for them
+        # may have passed: copy it up only if no fence at all happened meanwhile.
+        fences = self._coordinator.fence_count
         for index, layer in enumerate(self._layers):
             # The local layers are read again: a set() may have filled them meanwhile.
             hits = await self._read_layer(layer, (key,))
             hit = hits.get(key)
             if hit is not None:
-                if not flight.stale:
+                if not flight.stale and self._coordinator.fence_count == fences:
                     await self._backfill(index, hits)
                 return hit.value, layer.name
         assert flight.fetcher is not None

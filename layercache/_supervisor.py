@@ -63,13 +63,16 @@ class Supervisor:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         status = _Status(task_status, lambda: None)
+        first_run = True
         delay = RESTART_FIRST
         while True:
             try:
                 await self._run(task_status=status)
             except Exception as error:
-                if not status.started_once:
+                if first_run and not status.started_once:
                     raise  # never started: a configuration error, for the stack's start
+                # A restart that fails before starting is one more crash: the stack is
+                # running and must not die of it.
                 self._on_crash(error)
                 logger.exception("%s crashed; restarting in about %.1f s", self.name, delay)
             else:
@@ -77,6 +80,7 @@ class Supervisor:
             # Full jitter, so actors that crashed together do not restart in step.
             await anyio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, RESTART_MAX)
+            first_run = False
             self.restarts += 1
             status = _Status(None, self._restarted)
 

@@ -66,6 +66,10 @@ def test_garbage_is_malformed_or_oversized() -> None:
     assert _rejection(b"LCI1U" + bad_op, None) == "malformed"
 
 
+def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
+    assert _rejection(b"LCI1U" + b"[" * 5000, None) == "malformed"
+
+
 def test_long_key_lists_are_split_within_the_bound() -> None:
     keys = [f"ключ:{n}:" + "é" * 500 for n in range(300)]
     messages = split_keys("origin", keys)
@@ -186,6 +190,17 @@ async def test_signed_bus_drops_forgeries_and_keeps_listening(redis_server: Any)
             "malformed": 2,
             "oversized": 1,
         }
+
+
+@pytest.mark.anyio
+async def test_concurrent_changes_publish_without_crossing(redis_server: Any) -> None:
+    async with _stacks(redis_server.url, 2) as (_, (a, b)):
+        async with anyio.create_task_group() as tg:
+            for n in range(50):
+                tg.start_soon(a.set, f"k{n}", n)
+        await _delivered(b, 50)
+        stats = a.statistics()
+        assert (stats.invalidations_sent, stats.bus_state) == (50, "healthy")
 
 
 @pytest.mark.anyio

@@ -183,3 +183,27 @@ async def test_supervisor_does_not_retry_a_failed_start() -> None:
         with pytest.raises(ValueError, match="bad configuration"):
             await tg.start(Supervisor("test actor", actor).run)
     assert runs == 1
+
+
+@pytest.mark.anyio
+async def test_supervisor_keeps_retrying_a_restart_that_fails_early() -> None:
+    runs = 0
+    third_run = anyio.Event()
+
+    async def actor(*, task_status: TaskStatus[None]) -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 2:
+            raise OSError("Redis still down")  # before started: not fatal on a restart
+        task_status.started()
+        if runs == 1:
+            raise RuntimeError("a bug")
+        third_run.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(Supervisor("test actor", actor).run)
+            await third_run.wait()
+            tg.cancel_scope.cancel()
+    assert runs == 3

@@ -498,3 +498,18 @@ async def test_cancelled_stack_reads_never_get_a_wrong_value(
             f"k{n}": n for n in range(100)
         }
         assert cache.statistics().loads_in_flight == 0
+
+
+async def test_tag_sets_shed_members_whose_values_are_gone(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        await cache.set_many({f"old{n}": n for n in range(100)}, tags=["busy"])
+        # As if they had expired: the values go, their tag memberships stay behind.
+        await raw.call([("DEL", *[f"{prefix}v:old{n}" for n in range(100)])])
+        for n in range(200):
+            await cache.set(f"new{n}", n, tags=["busy"])
+        (size,) = await raw.call([("SCARD", prefix + "t:busy")])
+        assert isinstance(size, int)
+        assert 200 <= size < 300  # every live key is there; dead ones were shed
+        assert await cache.invalidate_by_tag("busy") == 200

@@ -304,3 +304,20 @@ async def test_in_flight_map_is_empty_after_churn() -> None:
         stats = cache.statistics()
         assert (stats.loads_in_flight, stats.waiters, stats.fetches) == (0, 0, 500)
         assert stats.layers[0].size == 10
+
+
+async def test_a_caller_after_a_change_does_not_join_the_stale_load() -> None:
+    old = GatedFetcher(value="old")
+    new = GatedFetcher(value="new")
+    results: list[object] = []
+    async with CacheStack([MemoryLayer()]) as cache:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_get_into, cache, "k", old, results)
+            await old.started.wait()
+            await cache.delete("k")  # the running load is stale from here on
+            new.open()
+            assert await cache.get("k", new) == "new"  # a fresh load, not the stale one
+            old.open()
+        assert results == ["old"]  # the first caller asked before the delete
+        assert await cache.get("k") == "new"
+        assert (old.calls, new.calls) == (1, 1)

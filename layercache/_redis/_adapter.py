@@ -114,6 +114,9 @@ class ClientTransport:
         except Exception as error:  # redis-py's connection errors, OSError, ...
             self.connected = False
             deliver(RedisConnectionError(f"{type(error).__name__}: {error}"))
+        except BaseException:
+            deliver(RedisConnectionError("the client transport stopped"))
+            raise
         else:
             self.connected = True
             deliver([_normalize(reply) for reply in replies])

@@ -36,12 +36,14 @@ class Script:
 
 
 # KEYS: value key, key-tags key, tag-set keys...   ARGV: envelope, ttl ms (0 = none),
-# user key, tag-set prefix, tags...
+# user key, tag-set prefix, value prefix, tags...
+# Each tag set also sheds up to two members whose values are gone (expired): writes keep
+# a busy tag's set alive, so without this it would collect every key it ever held.
 # The SET comes first: Redis checks maxmemory only at a script's first write, and only
 # if that write may use memory; starting with SREM/DEL would slip past the limit.
 WRITE = Script("""
 local vkey, kkey = KEYS[1], KEYS[2]
-local ttl, key, tprefix = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local ttl, key, tprefix, vprefix = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if ttl > 0 then
   redis.call('SET', vkey, ARGV[1], 'PX', ttl)
 else
@@ -55,8 +57,13 @@ for i = 3, #KEYS do
   local tkey = KEYS[i]
   local existed = redis.call('EXISTS', tkey)
   local left = redis.call('PTTL', tkey)
+  for _, member in ipairs(redis.call('SRANDMEMBER', tkey, 2)) do
+    if redis.call('EXISTS', vprefix .. member) == 0 then
+      redis.call('SREM', tkey, member)
+    end
+  end
   redis.call('SADD', tkey, key)
-  redis.call('SADD', kkey, ARGV[i + 2])
+  redis.call('SADD', kkey, ARGV[i + 3])
   if ttl == 0 then
     redis.call('PERSIST', tkey)
   elseif existed == 0 or (left >= 0 and left < ttl) then

@@ -66,6 +66,7 @@ class Transport:
         self._connection: Connection | None = None
         self._pending: deque[_Batch] = deque()
         self._batch_sent = anyio.Event()
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self._connected = anyio.Event()
         self._idle = anyio.Event()
         self.connects = 0
@@ -161,20 +162,31 @@ class Transport:
         taken as dead and the batch fails.
 
         Never raises for the connection's sake: a batch that cannot be sent is
-        delivered the error at once.
+        delivered the error at once. Safe from any number of tasks: writers take turns,
+        and a write is shielded from its caller's cancellation (a write cut in half
+        would desynchronise the connection) but bounded by the batch's deadline; one
+        that does not finish by then takes the connection down with it.
         """
-        connection = self._connection
-        if connection is None:
-            deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
-            return
         if deadline is None:
             deadline = anyio.current_time() + self.timeout
-        self._pending.append(_Batch(len(commands), deliver, deadline))
-        self._batch_sent.set()
-        try:
-            await connection.send(pack(commands))
-        except RedisConnectionError as error:
-            await self._break(connection, error)
+        data = pack(commands)  # before anything is queued: a bad command queues nothing
+        async with self._write_lock:
+            connection = self._connection
+            if connection is None:
+                deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
+                return
+            self._pending.append(_Batch(len(commands), deliver, deadline))
+            self._batch_sent.set()
+            error: RedisConnectionError | None = None
+            with anyio.CancelScope(shield=True, deadline=deadline) as write:
+                try:
+                    await connection.send(data)
+                except RedisConnectionError as failure:
+                    error = failure
+            if write.cancelled_caught:
+                error = RedisConnectionError(f"writing to {self.address.display()} timed out")
+            if error is not None:
+                await self._break(connection, error)
 
     async def call(self, commands: Sequence[Command]) -> list[object]:
         """Send a batch and wait for its replies (for callers that can simply wait)."""
