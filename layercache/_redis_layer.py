@@ -249,6 +249,18 @@ class RedisLayer(Layer):
                 raise
 
     async def _dispatch(self, transport: Transport | ClientTransport, batch: list[Request]) -> None:
+        now = anyio.current_time()
+        if any(request.deadline <= now for request in batch):
+            # Their callers have given up: answering them is enough. Sending them would
+            # hand the transport a deadline already past, and it would drop a healthy
+            # connection for it.
+            late = RedisConnectionError(f"no answer within {self.timeout} s (queued too long)")
+            for request in batch:
+                if request.deadline <= now:
+                    request.reply.fail(late)
+            batch = [request for request in batch if request.deadline > now]
+            if not batch:
+                return
         self._batches += 1
         reads = [request for request in batch if isinstance(request, Read)]
         calls = [request for request in batch if isinstance(request, Call)]

@@ -21,6 +21,8 @@ logger = logging.getLogger("layercache.supervisor")
 
 RESTART_FIRST = 0.1
 RESTART_MAX = 10.0
+HEALTHY_RUN = 60.0
+"""A run at least this long resets the back-off to its first step."""
 
 Run = Callable[..., Awaitable[None]]
 
@@ -66,6 +68,7 @@ class Supervisor:
         first_run = True
         delay = RESTART_FIRST
         while True:
+            began = anyio.current_time()
             try:
                 await self._run(task_status=status)
             except Exception as error:
@@ -77,6 +80,8 @@ class Supervisor:
                 logger.exception("%s crashed; restarting in about %.1f s", self.name, delay)
             else:
                 logger.error("%s returned on its own; restarting it", self.name)
+            if anyio.current_time() - began > HEALTHY_RUN:
+                delay = RESTART_FIRST  # it ran well for a while: not a crash loop
             # Full jitter, so actors that crashed together do not restart in step.
             await anyio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, RESTART_MAX)

@@ -513,3 +513,22 @@ async def test_tag_sets_shed_members_whose_values_are_gone(
         assert isinstance(size, int)
         assert 200 <= size < 300  # every live key is there; dead ones were shed
         assert await cache.invalidate_by_tag("busy") == 200
+
+
+async def test_a_request_past_its_deadline_is_answered_not_sent(
+    redis_server: Any, prefix: str
+) -> None:
+    from layercache._redis_layer import Read
+    from layercache._reply import ReplySlot
+
+    layer = RedisLayer(url=redis_server.url, prefix=prefix)
+    async with CacheStack([layer]) as cache:
+        await cache.set("k", 1)
+        transport = _transport(layer)
+        late: ReplySlot[Any] = ReplySlot()
+        await layer._dispatch(transport, [Read(("k",), late, anyio.current_time() - 1)])
+        with pytest.raises(Exception, match="queued too long"):
+            await late.wait()
+        assert transport.connected  # a caller that gave up does not cost the connection
+        assert transport.disconnects == 0
+        assert await cache.get("k") == 1
