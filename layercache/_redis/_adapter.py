@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._connection import Command
 from ._errors import RedisConfigurationError, RedisConnectionError
-from ._transport import Deliver, call
+from ._transport import Deliver, IdleSignal, call
 
 
 def _running_on_trio() -> bool:
@@ -36,7 +36,7 @@ class ClientTransport:
         self.timeout = timeout
         self._task_group: TaskGroup | None = None
         self._in_flight = 0
-        self._idle = anyio.Event()
+        self._idle = IdleSignal()
         self.connected = True
 
     def __repr__(self) -> str:
@@ -72,10 +72,7 @@ class ClientTransport:
 
     async def wait_idle(self) -> None:
         """Return once no batch is executing (see ``Transport.wait_idle``)."""
-        while self._in_flight:
-            if self._idle.is_set():
-                self._idle = anyio.Event()
-            await self._idle.wait()
+        await self._idle.wait(lambda: bool(self._in_flight))
 
     async def send(
         self, commands: Sequence[Command], deliver: Deliver, deadline: float | None = None
@@ -97,7 +94,7 @@ class ClientTransport:
         finally:
             self._in_flight -= 1
             if not self._in_flight:
-                self._idle.set()
+                self._idle.notify()
 
     async def _execute_pipeline(
         self, commands: Sequence[Command], deliver: Deliver, deadline: float

@@ -38,6 +38,22 @@ RECONNECT_FIRST = 0.05
 RECONNECT_MAX = 5.0
 
 
+class IdleSignal:
+    """Wakes the tasks waiting for a transport to have nothing in flight."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+
+    async def wait(self, busy: Callable[[], bool]) -> None:
+        while busy():
+            if self._event.is_set():
+                self._event = anyio.Event()
+            await self._event.wait()
+
+
 class _Batch:
     __slots__ = ("count", "deadline", "deliver", "replies")
 
@@ -68,7 +84,7 @@ class Transport:
         self._batch_sent = anyio.Event()
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._connected = anyio.Event()
-        self._idle = anyio.Event()
+        self._idle = IdleSignal()
         self.connects = 0
         self.disconnects = 0
 
@@ -147,10 +163,7 @@ class Transport:
         is under way, requests gather in its inbox and go out together after it, so a
         busy layer costs about one round trip per batch and an idle one adds no delay.
         """
-        while self._pending:
-            if self._idle.is_set():
-                self._idle = anyio.Event()
-            await self._idle.wait()
+        await self._idle.wait(lambda: bool(self._pending))
 
     async def send(
         self, commands: Sequence[Command], deliver: Deliver, deadline: float | None = None
@@ -216,7 +229,7 @@ class Transport:
                 if len(batch.replies) == batch.count:
                     self._pending.popleft()
                     if not self._pending:
-                        self._idle.set()
+                        self._idle.notify()
                     batch.deliver(batch.replies)
 
     async def _watch(self, connection: Connection) -> None:
@@ -247,7 +260,7 @@ class Transport:
 
     def _fail_pending(self, error: RedisError) -> None:
         pending, self._pending = self._pending, deque()
-        self._idle.set()
+        self._idle.notify()
         for batch in pending:
             batch.deliver(error)
 

@@ -6,8 +6,9 @@ import socket
 import threading
 from contextlib import suppress
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
+
+from ._service import Service
 
 if TYPE_CHECKING:
     from fakeredis import TcpFakeServer
@@ -18,7 +19,7 @@ _HOST = "127.0.0.1"
 _JOIN_TIMEOUT = 2.0
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(Service):
     """A Redis-protocol server running in a background thread of this process.
 
     It is fakeredis's TCP server on ``127.0.0.1`` (a free port unless ``port`` is given),
@@ -121,17 +122,6 @@ class EmbeddedRedis:
                 with suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
                 thread.join()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         if self._server is None:

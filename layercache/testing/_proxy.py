@@ -31,8 +31,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
 from typing import Self
+
+from ._service import Service
 
 BUFFER_LIMIT = 256 * 1024
 """Bytes one direction of one connection may hold (delayed or not yet sent)."""
@@ -80,7 +81,7 @@ class _Connection:
         return self.client, self.upstream
 
 
-class FaultProxy:
+class FaultProxy(Service):
     """Forward ``127.0.0.1:<port>`` to ``target_host:target_port``, with faults on demand.
 
     Use it as a context manager (or call :meth:`start` and :meth:`stop`)::
@@ -225,17 +226,6 @@ class FaultProxy:
         """
         with self._traffic:
             return self._traffic.wait_for(lambda: self.bytes_from_clients > more_than, timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- talking to the proxy thread ---------------------------------------------------
 

@@ -39,9 +39,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, Self
 from urllib.parse import quote
+
+from ._service import Service
 
 SERVER_ENV_VAR = "LAYERCACHE_REDIS_SERVER"
 
@@ -195,7 +196,7 @@ class ServerBinary:
         return f"{self.path} ({self.product} {self.version}, found via {self.found_via})"
 
 
-class RedisServer:
+class RedisServer(Service):
     """A real Redis server process on 127.0.0.1 (or a unix socket), for tests.
 
     ``port=None`` picks a free port on the first :meth:`start`; :meth:`restart` and
@@ -402,17 +403,6 @@ class RedisServer:
         replies = self._roundtrip([("FLUSHALL",)])
         if replies != [b"OK"]:
             raise RedisServerError(f"FLUSHALL answered {replies!r}")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         try:
