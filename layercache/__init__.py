@@ -1,6 +1,7 @@
 """layercache: a multi-layer cache for structured-concurrency programs (trio and asyncio)."""
 
 from ._bus import RedisInvalidationBus as RedisInvalidationBus
+from ._distributed import RedisSingleFlightCoordinator as RedisSingleFlightCoordinator
 from ._exceptions import CacheClosedError as CacheClosedError
 from ._exceptions import CacheError as CacheError
 from ._exceptions import LayerUnavailableError as LayerUnavailableError
@@ -19,6 +20,7 @@ from ._serializers import PickleSerializer as PickleSerializer
 from ._serializers import Serializer as Serializer
 from ._stack import CacheStack as CacheStack
 from ._statistics import CacheStatistics as CacheStatistics
+from ._statistics import CoordinatorStatistics as CoordinatorStatistics
 from ._statistics import LayerStatistics as LayerStatistics
 
 __all__ = (
@@ -27,6 +29,7 @@ __all__ = (
     "CacheStack",
     "CacheStatistics",
     "CircuitBreaker",
+    "CoordinatorStatistics",
     "GracefulDegradation",
     "Hit",
     "JsonSerializer",
@@ -39,6 +42,7 @@ __all__ = (
     "PickleSerializer",
     "RedisInvalidationBus",
     "RedisLayer",
+    "RedisSingleFlightCoordinator",
     "SerializationError",
     "Serializer",
     "Write",

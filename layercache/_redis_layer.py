@@ -39,7 +39,7 @@ from ._redis._errors import (
     RedisError,
     RedisReplyError,
 )
-from ._redis._scripts import DELETE, INVALIDATE_TAG, SCRIPTS, WRITE, Script
+from ._redis._scripts import DELETE, INVALIDATE_TAG, SCRIPTS, WRITE, Script, run_scripts
 from ._redis._transport import Transport
 from ._reply import ReplySlot
 from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
@@ -362,16 +362,14 @@ class RedisLayer(Layer):
         Script calls that meet an empty script cache (a restarted server) are sent
         again as EVAL, which loads them.
         """
-        replies: list[object] = await self._request(
-            lambda reply, deadline: Call(commands, reply, deadline)
-        )
-        retry = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
-        if retry:
-            by_sha = {script.sha: script for script in scripts}
-            again = [_as_eval(commands[i], by_sha) for i in retry]
-            answers = await self._request(lambda reply, deadline: Call(again, reply, deadline))
-            for i, reply in zip(retry, answers, strict=True):
-                replies[i] = reply
+
+        async def send(batch: list[Command]) -> list[object]:
+            replies: list[object] = await self._request(
+                lambda reply, deadline: Call(batch, reply, deadline)
+            )
+            return replies
+
+        replies = await run_scripts(send, commands, scripts)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 self._errors += 1
@@ -442,7 +440,15 @@ class RedisLayer(Layer):
         await self._call(commands, (WRITE,))
         self._writes += len(writes)
 
-    def _write_command(self, write: Write) -> Command:
+    async def write_locked(self, write: Write, token: str) -> bool:
+        """Store a single-flight lock holder's result, only while the key's lock still
+        holds ``token``: False (nothing written) if a change to the key took it away."""
+        (reply,) = await self._call([self._write_command(write, token)], (WRITE,))
+        written = reply == 1
+        self._writes += written
+        return written
+
+    def _write_command(self, write: Write, token: str = "") -> Command:
         body = write.value
         if not isinstance(body, bytes):
             body = self.encode(body)
@@ -457,6 +463,8 @@ class RedisLayer(Layer):
             write.key,
             self.keys.tag_sets,
             self.keys.values,
+            self.keys.locks,
+            token,
             *tags,
         ]
         return WRITE.evalsha(keys, arguments)
@@ -468,7 +476,7 @@ class RedisLayer(Layer):
             names: list[str] = []
             for key in chunk:
                 names += (self.keys.values + key, self.keys.key_tags + key)
-            commands.append(DELETE.evalsha(names, [self.keys.tag_sets, *chunk]))
+            commands.append(DELETE.evalsha(names, [self.keys.tag_sets, self.keys.locks, *chunk]))
         return commands
 
     async def delete_many(self, keys: Iterable[str]) -> None:
@@ -481,7 +489,7 @@ class RedisLayer(Layer):
     async def invalidate_tag(self, tag: str) -> set[str]:
         command = INVALIDATE_TAG.evalsha(
             [self.keys.tag_sets + tag],
-            [self.keys.tag_sets, self.keys.values, self.keys.key_tags, tag],
+            [self.keys.tag_sets, self.keys.values, self.keys.key_tags, self.keys.locks, tag],
         )
         (reply,) = await self._call([command], (INVALIDATE_TAG,))
         removed = {key.decode() for key in reply} if isinstance(reply, list) else set()
@@ -526,15 +534,6 @@ def _fail_waiting(receive: MemoryObjectReceiveStream[Request], error: RedisError
         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
             return
         request.reply.fail(error)
-
-
-def _is_noscript(reply: object) -> bool:
-    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
-
-
-def _as_eval(command: Command, scripts: dict[str, Script]) -> Command:
-    script = scripts[str(command[1])]
-    return ("EVAL", script.source, *command[2:])
 
 
 def _parse_scan(reply: object) -> tuple[bytes | int, list[bytes]]:

@@ -26,13 +26,14 @@ from anyio.abc import TaskGroup
 from ._bus import BusMessage, RedisInvalidationBus, split_keys
 from ._clock import Clock, loop_clock
 from ._coordinator import MISSING, Coordinator, Fetcher, Flight, Outcome
+from ._distributed import RedisSingleFlightCoordinator
 from ._exceptions import CacheClosedError, LayerUnavailableError
 from ._health import LayerHealth
 from ._layer import Clear, Hit, Invalidate, InvalidateTag, Layer, LocalLayer, Write
 from ._listener import InvalidationListener
 from ._options import CircuitBreaker, GracefulDegradation
 from ._redis_layer import RedisLayer
-from ._statistics import CacheStatistics, LayerStatistics
+from ._statistics import CacheStatistics, CoordinatorStatistics, LayerStatistics
 from ._supervisor import Supervisor
 from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
 
@@ -59,8 +60,14 @@ class CacheStack:
 
     :param layers: the layers, fastest first (for example ``MemoryLayer`` then
         ``RedisLayer``). Names must be unique.
-    :param graceful_degradation: skip a failing remote layer instead of raising
-        :class:`~layercache.LayerUnavailableError`.
+    :param invalidation_bus: a :class:`~layercache.RedisInvalidationBus`: changes made
+        here drop the same keys from other stacks' local layers, and theirs from ours.
+    :param single_flight_coordinator: a
+        :class:`~layercache.RedisSingleFlightCoordinator`: a miss runs the fetcher once
+        across every process sharing the Redis layer, not once per process. Needs a
+        :class:`~layercache.RedisLayer` in the stack (the locks live next to its values).
+    :param graceful_degradation: skip a failing remote layer (or bus, or coordinator)
+        instead of raising :class:`~layercache.LayerUnavailableError`.
     :param circuit_breaker: stop trying a remote layer after repeated failures.
     :param clock: the time source for TTLs; defaults to the event loop's clock.
     :raises ValueError: no layers, or two layers with one name.
@@ -72,7 +79,7 @@ class CacheStack:
         layers: Iterable[Layer],
         *,
         invalidation_bus: RedisInvalidationBus | None = None,
-        single_flight_coordinator: object | None = None,
+        single_flight_coordinator: RedisSingleFlightCoordinator | None = None,
         graceful_degradation: GracefulDegradation | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
@@ -92,8 +99,20 @@ class CacheStack:
             raise TypeError(
                 f"invalidation_bus must be a RedisInvalidationBus, not {invalidation_bus!r}"
             )
+        self._lock_layer: RedisLayer | None = None
         if single_flight_coordinator is not None:
-            raise TypeError(f"unsupported single_flight_coordinator: {single_flight_coordinator!r}")
+            if not isinstance(single_flight_coordinator, RedisSingleFlightCoordinator):
+                raise TypeError(
+                    "single_flight_coordinator must be a RedisSingleFlightCoordinator, "
+                    f"not {single_flight_coordinator!r}"
+                )
+            shared = [layer for layer in self._layers if isinstance(layer, RedisLayer)]
+            if not shared:
+                raise ValueError(
+                    "a RedisSingleFlightCoordinator needs a RedisLayer in the stack: the "
+                    "processes waiting for a load find its value there"
+                )
+            self._lock_layer = shared[-1]
         if graceful_degradation is not None and not isinstance(
             graceful_degradation, GracefulDegradation
         ):
@@ -103,6 +122,7 @@ class CacheStack:
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a zero-argument callable returning seconds")
         self.invalidation_bus = invalidation_bus
+        self.single_flight_coordinator = single_flight_coordinator
         self.origin = uuid.uuid4().hex
         """This stack's id on the invalidation bus (it ignores its own messages)."""
         self._listener: InvalidationListener | None = None
@@ -146,22 +166,26 @@ class CacheStack:
         if self._state != _NEW:
             raise RuntimeError("a CacheStack can be entered only once; create a new one")
         self._state = _CLOSED  # until every actor is up
-        attached: list[Layer] = []
+        attached: list[Layer | RedisInvalidationBus | RedisSingleFlightCoordinator] = []
         bus = self.invalidation_bus
+        distributed = self.single_flight_coordinator
         try:
             clock = self._clock or loop_clock()
             if bus is not None:
                 bus.attach()
+                attached.append(bus)
+            if distributed is not None:
+                assert self._lock_layer is not None
+                distributed.attach(self._lock_layer.keys)
+                attached.append(distributed)
             for layer in self._layers:
                 layer.attach(clock)
                 attached.append(layer)
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
         except BaseException:
-            for layer in attached:
-                layer.detach()
-            if bus is not None and len(attached) == len(self._layers):
-                bus.detach()
+            for part in attached:
+                part.detach()
             raise
         self._task_group = task_group
         self._health = {
@@ -185,6 +209,8 @@ class CacheStack:
                 await task_group.start(supervisor.run, name=f"layercache layer {layer.name!r}")
             coordinator = Supervisor("coordinator", self._coordinator.run)
             await task_group.start(coordinator.run, name="layercache coordinator")
+            if distributed is not None:
+                await self._start_distributed(task_group, distributed, clock)
             if bus is not None:
                 await self._start_listener(task_group, bus, clock)
         except BaseException as error:
@@ -194,6 +220,24 @@ class CacheStack:
         if self._local:
             self._fast_read = self._local[0].reader(MISSING)
         return self
+
+    async def _start_distributed(
+        self, task_group: TaskGroup, distributed: RedisSingleFlightCoordinator, clock: Clock
+    ) -> None:
+        health = LayerHealth(
+            distributed.name,
+            degradation=self.graceful_degradation,
+            breaker=self.circuit_breaker,
+            clock=clock,
+        )
+        self._health[distributed] = health
+        supervisor = Supervisor(
+            "single-flight coordinator",
+            distributed.run,
+            on_crash=health.crashed,
+            on_restart=health.restarted,
+        )
+        await task_group.start(supervisor.run, name="layercache single-flight coordinator")
 
     async def _start_listener(
         self, task_group: TaskGroup, bus: RedisInvalidationBus, clock: Clock
@@ -248,6 +292,8 @@ class CacheStack:
                 layer.detach()
             if self.invalidation_bus is not None:
                 self.invalidation_bus.detach()
+            if self.single_flight_coordinator is not None:
+                self.single_flight_coordinator.detach()
 
     def _check_open(self) -> None:
         if self._state != _OPEN:
@@ -453,11 +499,22 @@ class CacheStack:
 
     async def _load(self, flight: Flight) -> Outcome:
         """The read-through procedure for a load with a fetcher (one task per load)."""
-        key = flight.key
         # A found entry's tags are known only once it is found, after fences for them
         # may have passed: copy it up only if no fence at all happened meanwhile.
         fences = self._coordinator.fence_count
-        for index, layer in enumerate(self._layers):
+        found = await self._read_through(flight, fences, 0)
+        if found is not None:
+            return found
+        if self.single_flight_coordinator is not None:
+            return await self._load_once_everywhere(flight, fences)
+        return await self._fetch(flight, None)
+
+    async def _read_through(self, flight: Flight, fences: int, start: int) -> Outcome | None:
+        """Look for ``flight``'s key in the layers from ``start`` on, backfilling the
+        faster ones; None if none has it."""
+        key = flight.key
+        for index in range(start, len(self._layers)):
+            layer = self._layers[index]
             # The local layers are read again: a set() may have filled them meanwhile.
             hits = await self._read_layer(layer, (key,))
             hit = hits.get(key)
@@ -465,6 +522,52 @@ class CacheStack:
                 if not flight.stale and self._coordinator.fence_count == fences:
                     await self._backfill(index, hits)
                 return hit.value, layer.name
+        return None
+
+    async def _load_once_everywhere(self, flight: Flight, fences: int) -> Outcome:
+        """Fetch under the Redis lock, or wait for the process that holds it (see
+        ``_distributed``): one fetch across every process sharing the Redis layer."""
+        distributed = self.single_flight_coordinator
+        assert distributed is not None
+        remote = len(self._local)
+        wait = None
+        while True:
+            token = await self._remote(distributed, distributed.acquire, flight.key, flight.tags)
+            if isinstance(token, _Skipped):
+                return await self._fetch(flight, None)  # degraded: single-flight per process
+            if token is not None:
+                try:
+                    # The previous holder may have stored the value just before we took
+                    # the lock: look once more before fetching.
+                    found = await self._read_through(flight, fences, remote)
+                    if found is not None:
+                        return found
+                    if wait is not None:
+                        distributed.takeovers += 1
+                    return await self._fetch(flight, token)
+                finally:
+                    await distributed.release(flight.key, token)
+            if wait is None:
+                wait = distributed.waiting()
+            await anyio.sleep(wait.pause())
+            found = await self._read_through(flight, fences, remote)
+            if found is not None:
+                return found
+            if wait.given_up(anyio.current_time()):
+                distributed.timeouts += 1
+                message = (
+                    f"the load of {flight.key!r} held by another process did not finish "
+                    f"within 2 x {distributed.wait_timeout} s"
+                )
+                if not self._health[distributed].graceful:
+                    raise LayerUnavailableError(distributed.name, message)
+                logger.warning("%s; fetching here", message)
+                return await self._fetch(flight, None)
+
+    async def _fetch(self, flight: Flight, token: str | None) -> Outcome:
+        """Run the fetcher and store its result, unless a change made it stale. With a
+        lock ``token``, the Redis layer holding the lock stores it only if the lock
+        survived (no change anywhere meanwhile), and then so do the others."""
         assert flight.fetcher is not None
         self._fetches += 1
         try:
@@ -472,13 +575,15 @@ class CacheStack:
         except Exception:
             self._fetch_errors += 1
             raise
-        writes = self._encode(key, value, flight.ttl, flight.tags)
-        if not flight.stale:
-            await self._write_remote(writes)
-        if flight.stale:
-            self._stale_loads += 1
-        else:
+        writes = self._encode(flight.key, value, flight.ttl, flight.tags)
+        # Stale before the remote write: nothing is written. Stale during it: the
+        # remote layers got the write just before the change reached them, and the
+        # change itself removes it there; the local layers are not written.
+        stored = not flight.stale and await self._write_remote(writes, token)
+        if stored and not flight.stale:
             self._write_local(writes)
+            return value, None
+        self._stale_loads += 1
         return value, None
 
     async def _read_layer(self, layer: Layer, keys: Sequence[str]) -> dict[str, Hit]:
@@ -556,12 +661,28 @@ class CacheStack:
             for layer in self._layers
         }
 
-    async def _write_remote(self, writes: Mapping[Layer, Sequence[Write]]) -> None:
+    async def _write_remote(
+        self, writes: Mapping[Layer, Sequence[Write]], token: str | None = None
+    ) -> bool:
         """Write the layers that need I/O. The local ones come after, with no await
-        between, so a reader that copied the old entry up meanwhile is overwritten."""
+        between, so a reader that copied the old entry up meanwhile is overwritten.
+
+        With a single-flight lock ``token``, the lock's layer writes only if the lock
+        is still ours; False if it was not (nothing more is written).
+        """
         for layer, layer_writes in writes.items():
-            if not isinstance(layer, LocalLayer):
+            if isinstance(layer, LocalLayer):
+                continue
+            if token is not None and layer is self._lock_layer:
+                (write,) = layer_writes
+                stored = await self._remote(layer, layer.write_locked, write, token, write=True)
+                if stored is False:
+                    assert self.single_flight_coordinator is not None
+                    self.single_flight_coordinator.lost_lock()
+                    return False
+            else:
                 await self._remote(layer, layer.write_many, layer_writes, write=True)
+        return True
 
     def _write_local(self, writes: Mapping[Layer, Sequence[Write]]) -> None:
         for layer, layer_writes in writes.items():
@@ -709,7 +830,15 @@ class CacheStack:
             invalidations_rejected=sum(listener.rejected.values()) if listener else 0,
             bus_state=self._bus_state(),
             layers=tuple(self._layer_statistics()),
+            coordinator=self._coordinator_statistics(),
         )
+
+    def _coordinator_statistics(self) -> CoordinatorStatistics | None:
+        distributed = self.single_flight_coordinator
+        if distributed is None:
+            return None
+        health = self._health.get(distributed)
+        return distributed.statistics(health.state() if health is not None else "stopped")
 
     def _layer_statistics(self) -> Iterable[LayerStatistics]:
         for index, layer in enumerate(self._layers):

@@ -8,25 +8,43 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class LayerStatistics:
-    """One layer's counters at the moment of the snapshot.
+    """One layer's counters at the moment of the snapshot (``statistics().layers``).
 
-    ``hits``/``misses`` count the layer's own lookups (a backfill read counts too);
-    ``size`` and ``max_size`` are None where the layer cannot know them cheaply.
-    ``state`` is ``healthy``, ``degraded``, ``open``, ``half-open`` or ``restarting`` as
-    the stack sees the layer, or the layer's own ``disconnected``/``stopped``.
+    The counters run from the layer's creation and are never reset. ``hits`` and
+    ``misses`` count the layer's own lookups, not ``get`` calls: one call can look a
+    key up in a layer more than once (a load reads the faster layers again before it
+    fetches), so per-call figures are in :class:`CacheStatistics`.
     """
 
     name: str
+    """The layer's name, unique within its stack."""
     kind: str
+    """``"memory"``, ``"redis"``, or what a custom layer reports."""
     state: str
+    """The layer as the stack sees it: ``healthy``, ``degraded`` (skipped until
+    ``state_until``), ``open`` (circuit breaker, until ``state_until``), ``half-open``
+    (one probe allowed), ``restarting`` (its actor crashed); or, when none of those
+    applies, the layer's own ``disconnected`` (Redis not connected right now) or
+    ``stopped`` (its stack is not running)."""
     hits: int
+    """Lookups this layer answered."""
     misses: int
+    """Lookups this layer could not answer (absent or expired)."""
     writes: int
+    """Entries written: ``set``, stored fetch results and backfills from slower layers."""
     deletes: int
+    """Entries removed by ``delete``, tag invalidation and (memory) ``clear`` or bus
+    messages; for Redis, only names that existed."""
     evictions: int
+    """Entries dropped to stay within ``max_size`` (least recently used first); always
+    0 for Redis, whose own evictions the layer cannot see."""
     expirations: int
+    """Expired entries removed (on read, by a sweep, or by a tag invalidation); always
+    0 for Redis, which expires entries by itself."""
     size: int | None
+    """Entries held now; None where the layer cannot know it cheaply (Redis)."""
     max_size: int | None
+    """The most entries the layer holds; None for no bound of its own (Redis)."""
     errors: int = 0
     """Requests that failed (connection lost, timeout, error reply)."""
     corrupt: int = 0
@@ -34,6 +52,8 @@ class LayerStatistics:
     state_until: float | None = None
     """When a ``degraded`` or ``open`` state ends, on the stack's clock."""
     consecutive_failures: int = 0
+    """Failed requests in a row; a success resets it. The breaker opens at its
+    ``threshold``."""
     skipped: int = 0
     """Requests not sent because the layer was degraded, open or restarting."""
     dropped: int = 0
@@ -41,28 +61,55 @@ class LayerStatistics:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheStatistics:
-    """A stack's counters at the moment of the snapshot.
+class CoordinatorStatistics:
+    """The distributed single-flight coordinator's counters (``statistics().coordinator``)."""
 
-    - ``hits``: ``get`` calls answered from a layer; ``misses``: ``get`` calls no layer
-      could answer (whether or not a fetcher then ran). ``hits == sum(layer_hits)``.
-    - ``layer_hits``: for each layer name, the ``get`` calls that layer answered.
-    - ``fetches``: fetcher calls started; ``fetch_errors``: those that raised.
-    - ``loads_in_flight`` / ``waiters``: single-flight loads running now and the
-      callers waiting on them.
-    - ``stale_loads``: loads whose result was not written because the key was changed
-      or invalidated while they ran (the callers still got the value).
+    state: str
+    """The coordinator as the stack sees it (``healthy``, ``degraded``, ``open``,
+    ``half-open``, ``restarting``)."""
+    acquired: int
+    """Locks this stack took (it fetched, or found the value just written)."""
+    waits: int
+    """Loads that found the lock held elsewhere and waited for the value."""
+    takeovers: int
+    """Waiting loads that took the lock over and fetched (the holder died or failed)."""
+    timeouts: int
+    """Waits that ran out twice (the load raised or, graceful, fetched)."""
+    lost: int
+    """Held locks that a change to the key (or an expired lease) took away; the load's
+    result was not stored."""
+    held: int
+    """Locks held now."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatistics:
+    """A stack's counters at the moment of the snapshot (``cache.statistics()``).
+
+    Counters run from the stack's creation and are never reset: rates are differences
+    between two snapshots. ``get_many`` counts each key it was asked for as one call.
     """
 
     hits: int
+    """``get`` calls answered from a layer; ``hits == sum(layer_hits.values())``."""
     misses: int
+    """``get`` calls no layer could answer, whether or not a fetcher then ran (a caller
+    that joined a load in flight counts too)."""
     fetches: int
+    """Fetcher calls started: with single-flight, one per load, not one per caller."""
     fetch_errors: int
+    """Fetcher calls that raised (or returned no awaitable)."""
     layer_hits: Mapping[str, int]
+    """Layer name → ``get`` calls that layer answered (a read-only mapping)."""
     loads_in_flight: int
+    """Single-flight loads running now (fetching, or reading the slower layers)."""
     waiters: int
+    """Callers waiting on those loads now."""
     stale_loads: int
+    """Loads whose result was not written because the key was changed or invalidated
+    while they ran (their callers still got the value)."""
     layers: tuple[LayerStatistics, ...]
+    """One :class:`LayerStatistics` per layer, fastest first."""
     invalidations_sent: int = 0
     """Bus messages this stack published."""
     invalidations_received: int = 0
@@ -72,3 +119,5 @@ class CacheStatistics:
     bus_state: str | None = None
     """The bus as the stack sees it (``healthy``, ``degraded``, ``open``, …,
     ``unsubscribed``); None without a bus."""
+    coordinator: CoordinatorStatistics | None = None
+    """The distributed single-flight coordinator's counters; None without one."""

@@ -8,6 +8,9 @@ import layercache.testing
 CONTRACT_NAMES = {
     "CacheStack",
     "MemoryLayer",
+    "RedisLayer",
+    "RedisInvalidationBus",
+    "RedisSingleFlightCoordinator",
     "GracefulDegradation",
     "CircuitBreaker",
     "CacheError",

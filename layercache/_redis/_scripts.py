@@ -7,7 +7,11 @@ Layout under a stack's prefix ``P`` (see docs/redis.md):
   lived member (or forever if one never expires), so it never outlasts its entries by
   more than that;
 - ``P k:<key>``  a set of the key's tags, with the value's TTL, so an overwrite or a
-  delete can take the key out of every tag set it was in.
+  delete can take the key out of every tag set it was in;
+- ``P l:<key>``  the single-flight lock of a load in flight (a random token, with the
+  lease as TTL). Any change to the key (a write, a delete, an invalidation of one of the
+  load's tags, a clear) deletes it, and the holder writes its result only while its token
+  is still there: a load that began before a change never stores its stale result.
 
 Each script is atomic, so a concurrent reader never sees a value without its index.
 """
@@ -15,7 +19,10 @@ Each script is atomic, so a concurrent reader never sees a value without its ind
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+import hiredis
 
 from ._connection import Command
 
@@ -36,18 +43,31 @@ class Script:
 
 
 # KEYS: value key, key-tags key, tag-set keys...   ARGV: envelope, ttl ms (0 = none),
-# user key, tag-set prefix, value prefix, tags...
-# Each tag set also sheds up to two members whose values are gone (expired): writes keep
-# a busy tag's set alive, so without this it would collect every key it ever held.
+# user key, tag-set prefix, value prefix, lock prefix, lock token ('' = not a lock
+# holder's write), tags...
+# A holder's write happens only while its lock still holds its token (returns 0 if not);
+# any other write deletes the key's lock, so a load that began earlier cannot store its
+# result over this one.
+# Each tag set also sheds up to two members whose values are gone (expired) and which
+# no load is filling: writes keep a busy tag's set alive, so without this it would
+# collect every key it ever held.
 # The SET comes first: Redis checks maxmemory only at a script's first write, and only
-# if that write may use memory; starting with SREM/DEL would slip past the limit.
+# if that write may use memory; starting with SREM/DEL would slip past the limit. (The
+# lock check before it only reads.)
 WRITE = Script("""
 local vkey, kkey = KEYS[1], KEYS[2]
 local ttl, key, tprefix, vprefix = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local lkey, token = ARGV[6] .. key, ARGV[7]
+if token ~= '' and redis.call('GET', lkey) ~= token then
+  return 0
+end
 if ttl > 0 then
   redis.call('SET', vkey, ARGV[1], 'PX', ttl)
 else
   redis.call('SET', vkey, ARGV[1])
+end
+if token == '' then
+  redis.call('DEL', lkey)
 end
 for _, old in ipairs(redis.call('SMEMBERS', kkey)) do
   redis.call('SREM', tprefix .. old, key)
@@ -58,12 +78,12 @@ for i = 3, #KEYS do
   local existed = redis.call('EXISTS', tkey)
   local left = redis.call('PTTL', tkey)
   for _, member in ipairs(redis.call('SRANDMEMBER', tkey, 2)) do
-    if redis.call('EXISTS', vprefix .. member) == 0 then
+    if redis.call('EXISTS', vprefix .. member, ARGV[6] .. member) == 0 then
       redis.call('SREM', tkey, member)
     end
   end
   redis.call('SADD', tkey, key)
-  redis.call('SADD', kkey, ARGV[i + 3])
+  redis.call('SADD', kkey, ARGV[i + 5])
   if ttl == 0 then
     redis.call('PERSIST', tkey)
   elseif existed == 0 or (left >= 0 and left < ttl) then
@@ -76,12 +96,14 @@ end
 return 1
 """)
 
-# KEYS: value key 1, key-tags key 1, value key 2, ...   ARGV: tag-set prefix, user keys...
+# KEYS: value key 1, key-tags key 1, value key 2, ...   ARGV: tag-set prefix, lock prefix,
+# user keys...   Also deletes the keys' locks (see WRITE).
 DELETE = Script("""
-local tprefix = ARGV[1]
+local tprefix, lprefix = ARGV[1], ARGV[2]
 local removed = 0
-for i = 2, #ARGV do
-  local key, vkey, kkey = ARGV[i], KEYS[2 * i - 3], KEYS[2 * i - 2]
+for i = 3, #ARGV do
+  local key, vkey, kkey = ARGV[i], KEYS[2 * i - 5], KEYS[2 * i - 4]
+  redis.call('DEL', lprefix .. key)
   for _, tag in ipairs(redis.call('SMEMBERS', kkey)) do
     redis.call('SREM', tprefix .. tag, key)
   end
@@ -91,12 +113,14 @@ end
 return removed
 """)
 
-# KEYS: the tag set.   ARGV: tag-set prefix, value prefix, key-tags prefix, the tag.
-# Returns the keys whose values it removed.
+# KEYS: the tag set.   ARGV: tag-set prefix, value prefix, key-tags prefix, lock prefix,
+# the tag. Returns the keys whose values it removed. The set also holds the keys that
+# loads carrying the tag are filling (see ACQUIRE): their locks go, so they store nothing.
 INVALIDATE_TAG = Script("""
-local tprefix, vprefix, kprefix, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local tprefix, vprefix, kprefix, lprefix, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local removed = {}
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('DEL', lprefix .. key)
   local kkey = kprefix .. key
   for _, other in ipairs(redis.call('SMEMBERS', kkey)) do
     if other ~= tag then
@@ -112,4 +136,77 @@ redis.call('DEL', KEYS[1])
 return removed
 """)
 
+# Distributed single-flight locks (layercache/_distributed.py).
+# KEYS: the lock, tag-set keys...   ARGV: token, lease ms, user key.
+# Takes the lock if it is free, and enters the key in the load's tag sets, so that an
+# invalidation of one of its tags finds the lock (a tag set made here lives at least as
+# long as the lease; the holder's WRITE then gives it the entry's TTL). 1 if taken.
+ACQUIRE = Script("""
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
+end
+local lease = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local left = redis.call('PTTL', KEYS[i])
+  redis.call('SADD', KEYS[i], ARGV[3])
+  if left == -2 or (left >= 0 and left < lease) then
+    redis.call('PEXPIRE', KEYS[i], lease)
+  end
+end
+return 1
+""")
+
+# KEYS: locks...   ARGV: lease ms, their tokens...   Extends each lock still held by its
+# token; returns, for each, 1 (renewed) or 0 (lost: expired, or deleted by a change).
+RENEW = Script("""
+local renewed = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    renewed[i] = 1
+  else
+    renewed[i] = 0
+  end
+end
+return renewed
+""")
+
+# KEYS: the lock.   ARGV: the token.   Deletes the lock only if it is still ours.
+RELEASE = Script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""")
+
 SCRIPTS = (WRITE, DELETE, INVALIDATE_TAG)
+LOCK_SCRIPTS = (ACQUIRE, RENEW, RELEASE)
+
+
+async def run_scripts(
+    send: Callable[[list[Command]], Awaitable[list[object]]],
+    commands: list[Command],
+    scripts: Sequence[Script],
+) -> list[object]:
+    """Send ``commands`` (EVALSHAs among them) with ``send``; return their replies.
+
+    Script calls that meet an empty script cache (a restarted server, or a client that
+    never loaded them) are sent again as EVAL, which loads them.
+    """
+    replies = await send(commands)
+    retry = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+    if retry:
+        by_sha = {script.sha: script for script in scripts}
+        again = [_as_eval(commands[i], by_sha) for i in retry]
+        for i, reply in zip(retry, await send(again), strict=True):
+            replies[i] = reply
+    return replies
+
+
+def _is_noscript(reply: object) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _as_eval(command: Command, scripts: dict[str, Script]) -> Command:
+    script = scripts[str(command[1])]
+    return ("EVAL", script.source, *command[2:])
