@@ -79,7 +79,10 @@ async def main(arguments: argparse.Namespace) -> None:
             for _ in range(arguments.callers):
 
                 async def call() -> None:
-                    values.append(await cache.get(arguments.key, fetch))
+                    if arguments.no_cache:
+                        values.append(await fetch())
+                    else:
+                        values.append(await cache.get(arguments.key, fetch))
 
                 tasks.start_soon(call)
         seconds = time.perf_counter() - started
@@ -110,6 +113,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--callers", type=int, default=100)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--coordinator", action="store_true")
+    parser.add_argument("--no-cache", action="store_true", help="every caller fetches")
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--wait-timeout", type=float, default=5.0)
     parser.add_argument("--gate", action="store_true", help="fetchers wait for 'finish'")
