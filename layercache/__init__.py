@@ -22,6 +22,7 @@ from ._stack import CacheStack as CacheStack
 from ._statistics import CacheStatistics as CacheStatistics
 from ._statistics import CoordinatorStatistics as CoordinatorStatistics
 from ._statistics import LayerStatistics as LayerStatistics
+from ._telemetry import OpenTelemetry as OpenTelemetry
 
 __all__ = (
     "CacheClosedError",
@@ -39,6 +40,7 @@ __all__ = (
     "LocalLayer",
     "MemoryLayer",
     "MsgpackSerializer",
+    "OpenTelemetry",
     "PickleSerializer",
     "RedisInvalidationBus",
     "RedisLayer",

@@ -35,6 +35,7 @@ from ._options import CircuitBreaker, GracefulDegradation
 from ._redis_layer import RedisLayer
 from ._statistics import CacheStatistics, CoordinatorStatistics, LayerStatistics
 from ._supervisor import Supervisor
+from ._telemetry import OpenTelemetry
 from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
 
 logger = logging.getLogger("layercache.stack")
@@ -69,6 +70,8 @@ class CacheStack:
     :param graceful_degradation: skip a failing remote layer (or bus, or coordinator)
         instead of raising :class:`~layercache.LayerUnavailableError`.
     :param circuit_breaker: stop trying a remote layer after repeated failures.
+    :param telemetry: an :class:`~layercache.OpenTelemetry` hook: metrics from
+        :meth:`statistics` and a span per load. Without it nothing is measured extra.
     :param clock: the time source for TTLs; defaults to the event loop's clock.
     :raises ValueError: no layers, or two layers with one name.
     :raises TypeError: something that is not a layer or an option object.
@@ -83,6 +86,7 @@ class CacheStack:
         graceful_degradation: GracefulDegradation | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
+        telemetry: OpenTelemetry | None = None,
     ) -> None:
         if isinstance(layers, Layer):
             raise TypeError("layers must be a list of layers, e.g. CacheStack([MemoryLayer()])")
@@ -121,6 +125,9 @@ class CacheStack:
             raise TypeError("circuit_breaker must be a CircuitBreaker")
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a zero-argument callable returning seconds")
+        if telemetry is not None and not isinstance(telemetry, OpenTelemetry):
+            raise TypeError(f"telemetry must be an OpenTelemetry hook, not {telemetry!r}")
+        self.telemetry = telemetry
         self.invalidation_bus = invalidation_bus
         self.single_flight_coordinator = single_flight_coordinator
         self.origin = uuid.uuid4().hex
@@ -166,11 +173,15 @@ class CacheStack:
         if self._state != _NEW:
             raise RuntimeError("a CacheStack can be entered only once; create a new one")
         self._state = _CLOSED  # until every actor is up
-        attached: list[Layer | RedisInvalidationBus | RedisSingleFlightCoordinator] = []
+        attached: list[Layer | RedisInvalidationBus | RedisSingleFlightCoordinator | OpenTelemetry]
+        attached = []
         bus = self.invalidation_bus
         distributed = self.single_flight_coordinator
         try:
             clock = self._clock or loop_clock()
+            if self.telemetry is not None:
+                self.telemetry.attach(self.statistics)
+                attached.append(self.telemetry)
             if bus is not None:
                 bus.attach()
                 attached.append(bus)
@@ -294,6 +305,8 @@ class CacheStack:
                 self.invalidation_bus.detach()
             if self.single_flight_coordinator is not None:
                 self.single_flight_coordinator.detach()
+            if self.telemetry is not None:
+                self.telemetry.detach()
 
     def _check_open(self) -> None:
         if self._state != _OPEN:
@@ -499,6 +512,15 @@ class CacheStack:
 
     async def _load(self, flight: Flight) -> Outcome:
         """The read-through procedure for a load with a fetcher (one task per load)."""
+        telemetry = self.telemetry
+        if telemetry is None:
+            return await self._read_or_fetch(flight)
+        with telemetry.load_span(flight.key) as report_source:
+            outcome = await self._read_or_fetch(flight)
+            report_source(outcome[1])
+            return outcome
+
+    async def _read_or_fetch(self, flight: Flight) -> Outcome:
         # A found entry's tags are known only once it is found, after fences for them
         # may have passed: copy it up only if no fence at all happened meanwhile.
         fences = self._coordinator.fence_count
