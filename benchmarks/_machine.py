@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -39,3 +41,25 @@ def source_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip()
+
+
+def load_average() -> str:
+    if not hasattr(os, "getloadavg"):
+        return "unknown"
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+def describe(libraries: Sequence[str]) -> list[tuple[str, str]]:
+    """The machine and the code measured, as (label, value) pairs: CPU, cores, system,
+    Python, the versions of ``libraries``, layercache's git revision, load average."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    return [
+        ("CPU", cpu_model()),
+        ("cores", f"{os.cpu_count()} logical, {affinity} usable by this process"),
+        ("system", platform.platform()),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("libraries", ", ".join(f"{name} {version(name)}" for name in libraries)),
+        ("layercache", f"git {source_revision()}"),
+        # Other work on the machine skews every figure.
+        ("load avg", load_average()),
+    ]

@@ -9,8 +9,9 @@ the following ones (the first pays any timeout; the rest show what the stack doe
 - L2 hit: the key is only in Redis (the memory layer was emptied);
 - cold miss: in no layer; the fetcher answers at once.
 
-The Redis layer's ``timeout`` is the library default (1.0 s) and a short one (0.2 s):
-with 500 ms of latency the default waits for Redis, the short one gives up on it.
+The Redis layer's ``timeout`` is the library default (1.0 s) and a short one (0.4 x the
+latency, 0.2 s by default): with 500 ms of latency the default waits for Redis, the
+short one gives up on it.
 
 Usage: python benchmarks/bench_faults.py [--latency 0.5] [--calls 5]
 """
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import anyio
+from _results import Report, Table, capture_stdout
 
 from layercache import (
     CacheStack,
@@ -93,43 +95,89 @@ def _format(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs" if seconds < 1e-3 else f"{seconds * 1e3:.0f} ms"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--latency", type=float, default=0.5, help="added round trip (s)")
-    parser.add_argument("--calls", type=int, default=6)
-    args = parser.parse_args()
+MODES = ("strict", "graceful")
+TITLE = "A slow Redis: strict vs graceful degradation"
+Results = dict[tuple[str, float], dict[str, dict[str, tuple[float, float, str]]]]
+"""(backend, timeout) -> mode -> scenario -> (first call, median of the others, outcomes)."""
+
+
+def measure_and_print(latency: float, calls: int) -> Results:
+    """Both backends, both timeouts, both modes, printed as the script prints them."""
     logging.getLogger("layercache").setLevel(logging.CRITICAL)  # state changes are expected
+    results: Results = {}
     with RedisServer() as server:
         assert server.port is not None
         with FaultProxy("127.0.0.1", server.port) as proxy:
             print(
                 f"{server.binary.product} {server.binary.version} behind a proxy adding "
-                f"{args.latency * 1000:.0f} ms to each round trip; per mode: the first call, "
-                f"then the median of the next {args.calls - 1}\n"
+                f"{latency * 1000:.0f} ms to each round trip; per mode: the first call, "
+                f"then the median of the next {calls - 1}\n"
             )
             columns = ("backend", "timeout", "scenario", "strict", "graceful")
             print(f"{columns[0]:8} {columns[1]:>7} {columns[2]:12} {columns[3]:45} {columns[4]}")
             for backend in ("asyncio", "trio"):
-                for limit in (1.0, 0.2):
+                for limit in (1.0, round(latency * 0.4, 3)):
                     run = {
                         mode: anyio.run(
                             _scenarios,
                             proxy.url,
                             proxy,
-                            args.latency,
+                            latency,
                             limit,
-                            args.calls,
+                            calls,
                             mode == "graceful",
                             backend=backend,
                         )
-                        for mode in ("strict", "graceful")
+                        for mode in MODES
                     }
+                    results[backend, limit] = run
                     for scenario in run["strict"]:
                         cells = []
-                        for mode in ("strict", "graceful"):
+                        for mode in MODES:
                             first, rest, outcome = run[mode][scenario]
                             cells.append(f"{_format(first):>8} then {_format(rest):>8}  {outcome}")
-                        print(f"{backend:8} {limit:>6.1f}s {scenario:12} {cells[0]:45} {cells[1]}")
+                        print(f"{backend:8} {limit:>6.2f}s {scenario:12} {cells[0]:45} {cells[1]}")
+    return results
+
+
+def run(quick: bool = False) -> Report:
+    """The report's entry point (see benchmarks/_results.py)."""
+    latency, calls = (0.05, 3) if quick else (0.5, 6)
+    with capture_stdout() as printed:
+        results = measure_and_print(latency, calls)
+    rows = []
+    for (backend, limit), run in results.items():
+        for scenario in run["strict"]:
+            row = [backend, f"{limit:g} s", scenario]
+            for mode in MODES:
+                first, rest, outcome = run[mode][scenario]
+                row += [_format(first), _format(rest), outcome]
+            rows.append(tuple(row))
+    columns: tuple[str, ...] = ("backend", "Redis timeout", "scenario")
+    for mode in MODES:
+        columns += (f"{mode}: first call", f"{mode}: then (median)", f"{mode}: outcome")
+    table = Table(
+        f"Calls through a proxy adding {latency * 1000:.0f} ms to each Redis round trip: "
+        f"the first call, then the median of the next {calls - 1}",
+        columns,
+        tuple(rows),
+        "graceful: `GracefulDegradation(retry_after=30)`; outcome: what the calls returned "
+        "(`fetched` = the fetcher's value, `memory`/`redis` = the layer's).",
+    )
+    return Report(
+        title=TITLE,
+        tables=(table,),
+        settings=f"{latency * 1000:.0f} ms added latency, {calls} calls per scenario",
+        output=printed.text,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--latency", type=float, default=0.5, help="added round trip (s)")
+    parser.add_argument("--calls", type=int, default=6)
+    args = parser.parse_args()
+    measure_and_print(args.latency, args.calls)
 
 
 if __name__ == "__main__":

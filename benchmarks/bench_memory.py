@@ -17,7 +17,7 @@ Run from the repository root (nothing here touches the network)::
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python benchmarks/bench_memory.py           # about half a minute
-    .venv/bin/python benchmarks/bench_memory.py --quick   # about 10 s, noisier
+    .venv/bin/python benchmarks/bench_memory.py --quick   # a few seconds: a smoke test
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import argparse
 import gc
 import importlib
 import importlib.metadata
-import os
-import platform
 import statistics
 import sys
 import time
@@ -41,7 +39,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import cachetools
-from _machine import cpu_model, source_revision, version
+from _machine import describe
+from _results import Comparison, Report, Table, Verdict, capture_stdout, ratio
 
 from layercache import CacheStack, MemoryLayer
 
@@ -356,19 +355,13 @@ async def measure_memory(
 
 # -- reporting ----------------------------------------------------------------------------
 
+LIBRARIES = ("layercache", "anyio", "trio", "cachetools", "cashews", "aiocache")
+
 
 def print_machine() -> None:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     print("Machine")
-    print(f"  CPU:        {cpu_model()}")
-    print(f"  cores:      {os.cpu_count()} logical, {affinity} usable by this process")
-    print(f"  system:     {platform.platform()}")
-    print(f"  Python:     {platform.python_implementation()} {platform.python_version()}")
-    libraries = ("layercache", "anyio", "trio", "cachetools", "cashews", "aiocache")
-    print("  libraries:  " + ", ".join(f"{name} {version(name)}" for name in libraries))
-    print(f"  layercache: git {source_revision()}")
-    if hasattr(os, "getloadavg"):  # other work on the machine skews every figure
-        print("  load avg:   " + " ".join(f"{load:.2f}" for load in os.getloadavg()))
+    for label, value in describe(LIBRARIES):
+        print(f"  {label + ':':<12}{value}")
     print()
 
 
@@ -408,11 +401,7 @@ def print_memory(results: Sequence[Footprint]) -> None:
         f"Memory per entry at {first.entries:,} entries (tracemalloc; keys 'key:<i>', "
         "values 'value:<i>', both str)"
     )
-    print(
-        f"  baseline: the same keys and values in one plain list = {first.plain:,} bytes "
-        f"({first.plain / first.entries:.1f} per entry, of which the list itself "
-        f"{first.plain_list / first.entries:.1f})"
-    )
+    print("  " + _baseline(first))
     header = (
         f"  {'structure':<28} {'backend':<8} {'ttl':>5} {'total bytes':>13} "
         f"{'overhead B/entry':>17} {'vs bare objects':>16}"
@@ -429,13 +418,117 @@ def print_memory(results: Sequence[Footprint]) -> None:
         "  overhead = (total - baseline) / entries; 'vs bare objects' also counts the "
         "8 bytes per key and per value the baseline list spends on pointers"
     )
-    for result in results:
-        if result.empty is not None:
-            print(
-                f"  not counted above: the running stack before its first entry "
-                f"({result.backend}, ttl={result.ttl}) = {result.empty:,} bytes"
-            )
+    for line in _not_counted(results):
+        print("  " + line)
     print()
+
+
+def _baseline(result: Footprint) -> str:
+    return (
+        f"baseline: the same keys and values in one plain list = {result.plain:,} bytes "
+        f"({result.plain / result.entries:.1f} per entry, of which the list itself "
+        f"{result.plain_list / result.entries:.1f})"
+    )
+
+
+def _not_counted(results: Sequence[Footprint]) -> list[str]:
+    return [
+        f"not counted above: the running stack before its first entry "
+        f"({result.backend}, ttl={result.ttl}) = {result.empty:,} bytes"
+        for result in results
+        if result.empty is not None
+    ]
+
+
+def latency_table(results: Sequence[Latency], runs: int, batch: int, key_count: int) -> Table:
+    """Each implementation once, its figures on asyncio and trio side by side."""
+    rows: list[tuple[str, ...]] = []
+    errors: dict[str, str] = {}
+    for contender in CONTENDERS:
+        row = [contender.name, contender.note]
+        for backend in BACKENDS:
+            result = _find(results, contender.name, backend)
+            if result.unsupported is not None:
+                row += ["does not run", "-"]
+                errors.setdefault(backend, result.unsupported)
+                continue
+            reference = _find(results, LAYERCACHE, backend).median
+            row += [
+                f"{result.median:.1f} ({min(result.samples):.0f}-{max(result.samples):.0f})",
+                ratio(result.median, reference),
+            ]
+        rows.append(tuple(row))
+    note = (
+        "ns/get: the median over the runs of each batch's mean time per get, and the "
+        "spread (min-max) of those batch means. peer ÷ layercache: the row's median ÷ "
+        "layercache's on the same backend, in the same run; above 1.00x, layercache was "
+        "faster."
+    )
+    for backend, error in errors.items():
+        note += f" On {backend}, the peers that do not run raise `{error}`."
+    columns = ["implementation", "note"]
+    for backend in BACKENDS:
+        columns += [f"{backend} ns/get (min-max)", f"{backend} peer ÷ layercache"]
+    title = (
+        f"L1 hit latency: median over {runs} runs of {batch:,} awaited gets "
+        f"({key_count:,} keys in rotation, one task)"
+    )
+    return Table(title, tuple(columns), tuple(rows), note)
+
+
+def memory_table(results: Sequence[Footprint]) -> Table:
+    rows = tuple(
+        (
+            result.name,
+            result.backend,
+            "None" if result.ttl is None else f"{result.ttl:g}",
+            f"{result.total:,}",
+            f"{result.overhead:.1f}",
+            f"{result.overhead_vs_objects:.1f}",
+        )
+        for result in results
+    )
+    note = " ".join(
+        [
+            _baseline(results[0]) + ".",
+            "Overhead = (total - baseline) / entries; *vs bare objects* also counts the 8 "
+            "bytes per key and per value the baseline list spends on pointers.",
+            *(line.capitalize() + "." for line in _not_counted(results)),
+        ]
+    )
+    columns = (
+        "structure",
+        "backend",
+        "ttl",
+        "total bytes",
+        "overhead B/entry",
+        "vs bare objects B/entry",
+    )
+    title = f"Memory per entry at {results[0].entries:,} entries (tracemalloc)"
+    return Table(title, columns, rows, note)
+
+
+def comparisons(latency: Sequence[Latency]) -> list[Comparison]:
+    """layercache's speed-up over every other contender that ran, for the chart."""
+    found: list[Comparison] = []
+    for backend in BACKENDS:
+        ours = _find(latency, LAYERCACHE, backend).median
+        index = _find(latency, CACHETOOLS_INDEX, backend).median
+        dotget = _find(latency, CACHETOOLS_GET, backend).median
+        goals = {
+            # The target is checked against the faster TTLCache spelling.
+            CACHETOOLS_INDEX if index <= dotget else CACHETOOLS_GET: 1.0,
+            **({CASHEWS: 5.0, AIOCACHE: 20.0} if backend == "asyncio" else {}),
+        }
+        for result in latency:
+            if result.backend != backend or result.name == LAYERCACHE:
+                continue
+            if result.unsupported is None:
+                speedup = result.median / ours
+                found.append(
+                    Comparison("L1 hit", result.name, backend, speedup, goals.get(result.name))
+                )
+    return found
 
 
 def _find(results: Sequence[Latency], name: str, backend: str) -> Latency:
@@ -445,49 +538,138 @@ def _find(results: Sequence[Latency], name: str, backend: str) -> Latency:
     raise LookupError(name, backend)
 
 
-def _verdict(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
-
-
-def targets(latency: Sequence[Latency], memory: Sequence[Footprint]) -> list[str]:
-    """One line per DESIGN §5 target and backend: PASS, FAIL or n/a (with why)."""
-    lines: list[str] = []
+def targets(latency: Sequence[Latency], memory: Sequence[Footprint]) -> list[Verdict]:
+    """One verdict per DESIGN §5 target and backend: PASS, FAIL or n/a (with why)."""
+    verdicts: list[Verdict] = []
     for backend in BACKENDS:
         ours = _find(latency, LAYERCACHE, backend).median
         index = _find(latency, CACHETOOLS_INDEX, backend).median
         dotget = _find(latency, CACHETOOLS_GET, backend).median
         # The stricter reading: the faster of the two natural ways to look up a TTLCache.
         target = min(index, dotget)
-        lines.append(
-            f"{_verdict(ours <= target)} [{backend}] L1 hit median <= cachetools.TTLCache "
-            f"lookup in an async def: layercache {ours:.1f} ns vs {target:.1f} ns "
-            f"(TTLCache[k] {index:.1f} ns = {index / ours:.2f}x, "
-            f"TTLCache.get {dotget:.1f} ns = {dotget / ours:.2f}x)"
+        verdicts.append(
+            Verdict.check(
+                "l1-vs-cachetools",
+                ours <= target,
+                backend,
+                "L1 hit median <= cachetools.TTLCache lookup in an async def",
+                f"layercache {ours:.1f} ns vs {target:.1f} ns "
+                f"(TTLCache[k] {index:.1f} ns = {index / ours:.2f}x, "
+                f"TTLCache.get {dotget:.1f} ns = {dotget / ours:.2f}x)",
+            )
         )
-        for name, factor in ((CASHEWS, 5.0), (AIOCACHE, 20.0)):
+        for target_id, name, factor in (
+            ("l1-vs-cashews", CASHEWS, 5.0),
+            ("l1-vs-aiocache", AIOCACHE, 20.0),
+        ):
             peer = _find(latency, name, backend)
             goal = f">= {factor:g}x faster than {name}"
             if peer.unsupported is not None:
-                lines.append(
-                    f"n/a  [{backend}] {goal}: it does not run on {backend} "
-                    f"({peer.unsupported}); DESIGN §5 sets this target on asyncio only"
+                verdicts.append(
+                    Verdict(
+                        target_id,
+                        "n/a",
+                        backend,
+                        goal,
+                        f"it does not run on {backend} ({peer.unsupported}); DESIGN §5 sets "
+                        "this target on asyncio only",
+                    )
                 )
                 continue
-            ratio = peer.median / ours
-            lines.append(
-                f"{_verdict(ratio >= factor)} [{backend}] {goal}: "
-                f"{peer.median:.1f} ns vs {ours:.1f} ns = {ratio:.2f}x"
+            speedup = peer.median / ours
+            verdicts.append(
+                Verdict.check(
+                    target_id,
+                    speedup >= factor,
+                    backend,
+                    goal,
+                    f"{peer.median:.1f} ns vs {ours:.1f} ns = {speedup:.2f}x",
+                )
             )
     for result in memory:
         if result.name != LAYERCACHE:
             continue
-        lines.append(
-            f"{_verdict(result.overhead <= 300)} [{result.backend}] memory <= 300 B of "
-            f"overhead per small entry at {result.entries:,} (ttl={result.ttl}): "
-            f"{result.overhead:.1f} B ({result.overhead_vs_objects:.1f} B against the bare "
-            "objects)"
+        verdicts.append(
+            Verdict.check(
+                "memory",
+                result.overhead <= 300,
+                result.backend,
+                f"memory <= 300 B of overhead per small entry at {result.entries:,} "
+                f"(ttl={result.ttl})",
+                f"{result.overhead:.1f} B ({result.overhead_vs_objects:.1f} B against the bare "
+                "objects)",
+            )
         )
-    return lines
+    return verdicts
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs: int
+    """Timed batches per contender."""
+    batch: int
+    """Awaited gets per batch."""
+    keys: int = 1_000
+    """Keys in rotation."""
+    entries: int = 100_000
+    """Entries for the memory figure."""
+
+    @classmethod
+    def default(cls, quick: bool) -> Settings:
+        if quick:  # a smoke test: figures too noisy to read
+            return cls(runs=2, batch=1_000, entries=10_000)
+        return cls(runs=15, batch=20_000)
+
+
+def measure_and_print(settings: Settings) -> tuple[list[Latency], list[Footprint]]:
+    """Everything the script measures, printed as it prints it; the results."""
+    print_machine()
+    started = time.perf_counter()
+    latency: list[Latency] = []
+    memory: list[Footprint] = []
+    for backend in BACKENDS:
+        latency += anyio.run(
+            measure_latency, backend, settings.runs, settings.batch, settings.keys, backend=backend
+        )
+    for backend in BACKENDS:
+        references = backend == BACKENDS[-1]
+        memory += anyio.run(
+            measure_memory, backend, settings.entries, 1_000, references, backend=backend
+        )
+    print_latency(latency, settings.runs, settings.batch, settings.keys)
+    print_memory(memory)
+    print("DESIGN §5 targets")
+    for verdict in targets(latency, memory):
+        print("  " + verdict.line)
+    print(f"\n(measured in {time.perf_counter() - started:.0f} s)")
+    return latency, memory
+
+
+TITLE = "L1 hit latency and memory per entry"
+
+
+def run(quick: bool = False) -> Report:
+    """The report's entry point (see benchmarks/_results.py)."""
+    settings = Settings.default(quick)
+    with capture_stdout() as printed:
+        latency, memory = measure_and_print(settings)
+    return Report(
+        title=TITLE,
+        tables=(
+            latency_table(latency, settings.runs, settings.batch, settings.keys),
+            memory_table(memory),
+        ),
+        verdicts=tuple(targets(latency, memory)),
+        comparisons=tuple(comparisons(latency)),
+        settings=(
+            f"{settings.runs} runs of {settings.batch:,} gets over {settings.keys:,} keys; "
+            f"memory at {settings.entries:,} entries"
+        ),
+        output=printed.text,
+    )
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -495,34 +677,23 @@ def targets(latency: Sequence[Latency], memory: Sequence[Footprint]) -> list[str
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true", help="3 short runs: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="2 short runs: a smoke test")
     parser.add_argument("--runs", type=int, help="timed batches per contender (default 15)")
     parser.add_argument("--batch", type=int, help="awaited gets per batch (default 20000)")
     parser.add_argument("--keys", type=int, default=1000, help="keys in rotation (1000)")
     parser.add_argument(
-        "--entries", type=int, default=100_000, help="entries for the memory figure (100000)"
+        "--entries", type=int, help="entries for the memory figure (100000; 10000 with --quick)"
     )
     options = parser.parse_args(argv)
-    runs = options.runs or (3 if options.quick else 15)
-    batch = options.batch or (5_000 if options.quick else 20_000)
-
-    print_machine()
-    started = time.perf_counter()
-    latency: list[Latency] = []
-    memory: list[Footprint] = []
-    for backend in BACKENDS:
-        latency += anyio.run(measure_latency, backend, runs, batch, options.keys, backend=backend)
-    for backend in BACKENDS:
-        references = backend == BACKENDS[-1]
-        memory += anyio.run(
-            measure_memory, backend, options.entries, 1_000, references, backend=backend
+    defaults = Settings.default(options.quick)
+    measure_and_print(
+        Settings(
+            runs=options.runs or defaults.runs,
+            batch=options.batch or defaults.batch,
+            keys=options.keys,
+            entries=options.entries or defaults.entries,
         )
-    print_latency(latency, runs, batch, options.keys)
-    print_memory(memory)
-    print("DESIGN §5 targets")
-    for line in targets(latency, memory):
-        print("  " + line)
-    print(f"\n(measured in {time.perf_counter() - started:.0f} s)")
+    )
 
 
 if __name__ == "__main__":

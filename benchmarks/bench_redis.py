@@ -27,7 +27,7 @@ Run from the repository root::
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python benchmarks/bench_redis.py           # 70-80 s on 2 cores
-    .venv/bin/python benchmarks/bench_redis.py --quick   # about 20 s, a smoke test
+    .venv/bin/python benchmarks/bench_redis.py --quick   # a few seconds: a smoke test
     .venv/bin/python benchmarks/bench_redis.py --redis-url redis://127.0.0.1:6379/15
 """
 
@@ -39,8 +39,6 @@ import gc
 import importlib
 import importlib.metadata
 import json
-import os
-import platform
 import statistics
 import time
 import urllib.parse
@@ -54,7 +52,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import hiredis
-from _machine import cpu_model, source_revision, version
+from _machine import describe, load_average, version
+from _results import Comparison, Report, Table, Verdict, capture_stdout
 from anyio.abc import ByteStream
 
 from layercache import CacheStack, RedisLayer
@@ -477,6 +476,8 @@ def redis_server(url: str | None) -> Iterator[tuple[str, str]]:
 
 # -- reporting ----------------------------------------------------------------------------
 
+LIBRARIES = ("layercache", "anyio", "trio", "redis", "hiredis", "coredis", "orjson")
+
 
 def _redis_py_parser() -> str:
     """Which reply parser redis.asyncio picks (it uses hiredis whenever it imports)."""
@@ -491,28 +492,19 @@ def _redis_py_parser() -> str:
     return f"{parser}: hiredis is NOT used (not importable)"
 
 
-def _load_average() -> str:
-    if not hasattr(os, "getloadavg"):
-        return "unknown"
-    return " ".join(f"{load:.2f}" for load in os.getloadavg())
-
-
 def print_machine(server: str, where: str) -> None:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     print("Machine")
-    print(f"  CPU:        {cpu_model()}")
-    print(f"  cores:      {os.cpu_count()} logical, {affinity} usable by this process")
-    print(f"  system:     {platform.platform()}")
-    print(f"  Python:     {platform.python_implementation()} {platform.python_version()}")
-    libraries = ("layercache", "anyio", "trio", "redis", "hiredis", "coredis", "orjson")
-    print("  libraries:  " + ", ".join(f"{name} {version(name)}" for name in libraries))
-    print(f"  layercache: git {source_revision()}")
-    json_library = f"orjson {version('orjson')}" if JSON_NAME == "orjson" else JSON_NAME
-    print(f"  JSON:       {json_library} (what layercache's json serializer uses; peers too)")
-    print(f"  redis-py:   parser {_redis_py_parser()}")
-    print(f"  server:     {server}, {where}")
-    # Other work on the machine skews every figure; the server shares the same cores.
-    print(f"  load avg:   {_load_average()} (at start)")
+    for label, value in describe(LIBRARIES):
+        if label == "load avg":
+            json_library = f"orjson {version('orjson')}" if JSON_NAME == "orjson" else JSON_NAME
+            print(
+                f"  JSON:       {json_library} (what layercache's json serializer uses; peers too)"
+            )
+            print(f"  redis-py:   parser {_redis_py_parser()}")
+            print(f"  server:     {server}, {where}")
+            # The server shares the same cores.
+            value += " (at start)"
+        print(f"  {label + ':':<12}{value}")
     print()
 
 
@@ -585,94 +577,208 @@ def print_concurrent(results: Sequence[Result], runs: int, tasks: int, per_task:
     print()
 
 
-def _verdict(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
+def _speedup(result: Result, reference: Result) -> float:
+    """How many times faster layercache (``reference``) was than ``result``."""
+    if result.kind == SEQUENTIAL:
+        return result.median / reference.median
+    return reference.median / result.median
 
 
-def targets(results: Sequence[Result], tasks: int) -> list[str]:
-    """One line per DESIGN §5 Redis target: PASS, FAIL or n/a (with why)."""
-    lines: list[str] = []
+def result_table(results: Sequence[Result], kind: str, title: str) -> Table:
+    """Each implementation of one ``kind`` once, asyncio and trio side by side."""
+    rows: list[tuple[str, ...]] = []
+    errors: dict[str, str] = {}
+    for contender in CONTENDERS:
+        if kind not in contender.kinds:
+            continue
+        row = [contender.name, contender.note]
+        for backend in BACKENDS:
+            result = _find(results, contender.name, backend, kind)
+            if result.unsupported is not None:
+                row += ["does not run", "-"]
+                errors.setdefault(backend, result.unsupported)
+                continue
+            low, high = min(result.samples), max(result.samples)
+            if kind == SEQUENTIAL:
+                figure = f"{result.median / 1e3:.1f} ({low / 1e3:.0f}-{high / 1e3:.0f})"
+            else:
+                figure = f"{result.median:,.0f} ({low:,.0f}-{high:,.0f})"
+            speedup = _speedup(result, _find(results, LAYERCACHE, backend, kind))
+            row += [figure, f"{speedup:.2f}x"]
+        rows.append(tuple(row))
+    unit = "us/get" if kind == SEQUENTIAL else "gets/s"
+    columns = ["implementation", "note"]
+    for backend in BACKENDS:
+        columns += [f"{backend} {unit} (min-max)", f"{backend} layercache speed-up"]
+    if kind == SEQUENTIAL:
+        note = (
+            "us/get: the median over the runs of each batch's mean time per get, and the "
+            "spread (min-max) of those batch means. Speed-up: the row's median time ÷ "
+            "layercache's"
+        )
+    else:
+        note = (
+            "gets/s: the median over the runs of gets per second of wall time, and the "
+            "spread (min-max). Speed-up: layercache's median gets/s ÷ the row's"
+        )
+    note += (
+        ", same backend and run; below 1.00x, layercache was the slower one. The "
+        "*RedisLayer.get_many* row is layercache's own layer without the stack."
+    )
+    for backend, error in errors.items():
+        note += f" On {backend}, the peers that do not run raise `{error}`."
+    return Table(title, tuple(columns), tuple(rows), note)
+
+
+def comparisons(results: Sequence[Result], tasks: int) -> list[Comparison]:
+    """layercache's speed-up over every peer that ran (its own layer left out)."""
+    goals = {
+        (SEQUENTIAL, "asyncio", REDIS_PY): 1.0,
+        (SEQUENTIAL, "trio", COREDIS): 2.0,  # at most 0.5x its time
+        (CONCURRENT, "asyncio", REDIS_PY): 2.0,
+    }
+    scenarios = {SEQUENTIAL: "L2 hit, sequential", CONCURRENT: f"L2 hits, {tasks} tasks"}
+    found: list[Comparison] = []
+    for kind, scenario in scenarios.items():
+        for backend in BACKENDS:
+            reference = _find(results, LAYERCACHE, backend, kind)
+            for result in results:
+                if (result.kind, result.backend) != (kind, backend):
+                    continue
+                if result.name in (LAYERCACHE, LAYER_DIRECT) or result.unsupported is not None:
+                    continue
+                found.append(
+                    Comparison(
+                        scenario,
+                        result.name,
+                        backend,
+                        _speedup(result, reference),
+                        goals.get((kind, backend, result.name)),
+                    )
+                )
+    return found
+
+
+def targets(results: Sequence[Result], tasks: int) -> list[Verdict]:
+    """One verdict per DESIGN §5 Redis target: PASS, FAIL or n/a (with why)."""
+    verdicts: list[Verdict] = []
 
     ours = _find(results, LAYERCACHE, "asyncio", SEQUENTIAL)
     peer = _find(results, REDIS_PY, "asyncio", SEQUENTIAL)
     goal = "L2 hit sequential median <= 1.0x a redis.asyncio GET + JSON decode"
+    target = "l2-sequential-asyncio"
     if peer.unsupported is not None:
-        lines.append(f"n/a  [asyncio] {goal}: the peer did not run ({peer.unsupported})")
+        verdicts.append(
+            Verdict(target, "n/a", "asyncio", goal, f"the peer did not run ({peer.unsupported})")
+        )
     else:
-        ratio = ours.median / peer.median
-        lines.append(
-            f"{_verdict(ratio <= 1.0)} [asyncio] {goal}: layercache {ours.median / 1e3:.1f} us "
-            f"vs {peer.median / 1e3:.1f} us = {ratio:.2f}x"
+        factor = ours.median / peer.median
+        verdicts.append(
+            Verdict.check(
+                target,
+                factor <= 1.0,
+                "asyncio",
+                goal,
+                f"layercache {ours.median / 1e3:.1f} us vs {peer.median / 1e3:.1f} us "
+                f"= {factor:.2f}x",
+            )
         )
 
     ours = _find(results, LAYERCACHE, "trio", SEQUENTIAL)
     peer = _find(results, COREDIS, "trio", SEQUENTIAL)
     goal = "L2 hit sequential median <= 0.5x a coredis GET"
+    target = "l2-sequential-trio"
     if peer.unsupported is None:
-        ratio = ours.median / peer.median
-        lines.append(
-            f"{_verdict(ratio <= 0.5)} [trio] {goal} on trio: layercache "
-            f"{ours.median / 1e3:.1f} us vs {peer.median / 1e3:.1f} us = {ratio:.2f}x "
-            "(coredis + JSON decode)"
+        factor = ours.median / peer.median
+        verdicts.append(
+            Verdict.check(
+                target,
+                factor <= 0.5,
+                "trio",
+                f"{goal} on trio",
+                f"layercache {ours.median / 1e3:.1f} us vs {peer.median / 1e3:.1f} us "
+                f"= {factor:.2f}x (coredis + JSON decode)",
+            )
         )
     else:
         fallback = _find(results, COREDIS, "asyncio", SEQUENTIAL)
         if fallback.unsupported is not None:
-            lines.append(f"n/a  [trio] {goal}: coredis did not run ({peer.unsupported})")
+            verdicts.append(
+                Verdict(target, "n/a", "trio", goal, f"coredis did not run ({peer.unsupported})")
+            )
         else:
-            ratio = ours.median / fallback.median
-            lines.append(
-                f"{_verdict(ratio <= 0.5)} [trio] {goal}: coredis does not run on trio "
-                f"({peer.unsupported}), so against coredis on asyncio: layercache on trio "
-                f"{ours.median / 1e3:.1f} us vs {fallback.median / 1e3:.1f} us = {ratio:.2f}x"
+            factor = ours.median / fallback.median
+            verdicts.append(
+                Verdict.check(
+                    target,
+                    factor <= 0.5,
+                    "trio",
+                    goal,
+                    f"coredis does not run on trio ({peer.unsupported}), so against coredis "
+                    f"on asyncio: layercache on trio {ours.median / 1e3:.1f} us vs "
+                    f"{fallback.median / 1e3:.1f} us = {factor:.2f}x",
+                )
             )
 
     ours = _find(results, LAYERCACHE, "asyncio", CONCURRENT)
     peer = _find(results, REDIS_PY, "asyncio", CONCURRENT)
     goal = f"{tasks} concurrent tasks, distinct keys: throughput >= 2x redis.asyncio GETs"
+    target = "l2-concurrent"
     if peer.unsupported is not None:
-        lines.append(f"n/a  [asyncio] {goal}: the peer did not run ({peer.unsupported})")
+        verdicts.append(
+            Verdict(target, "n/a", "asyncio", goal, f"the peer did not run ({peer.unsupported})")
+        )
     else:
-        ratio = ours.median / peer.median
-        lines.append(
-            f"{_verdict(ratio >= 2.0)} [asyncio] {goal}: layercache {ours.median:,.0f} gets/s "
-            f"vs {peer.median:,.0f} gets/s = {ratio:.2f}x"
+        factor = ours.median / peer.median
+        verdicts.append(
+            Verdict.check(
+                target,
+                factor >= 2.0,
+                "asyncio",
+                goal,
+                f"layercache {ours.median:,.0f} gets/s vs {peer.median:,.0f} gets/s "
+                f"= {factor:.2f}x",
+            )
         )
 
     ours = _find(results, LAYERCACHE, "trio", CONCURRENT)
-    peer = _find(results, REDIS_PY, "asyncio", CONCURRENT)
-    line = f"info [trio] {tasks} concurrent tasks: layercache {ours.median:,.0f} gets/s"
+    measured = f"layercache {ours.median:,.0f} gets/s"
     if peer.unsupported is None:
-        line += (
+        measured += (
             f" = {ours.median / peer.median:.2f}x redis.asyncio on asyncio (no target: "
             "redis.asyncio does not run on trio)"
         )
-    lines.append(line)
-    return lines
+    verdicts.append(Verdict(target, "info", "trio", f"{tasks} concurrent tasks", measured))
+    return verdicts
 
 
-# -- main ---------------------------------------------------------------------------------
+# -- running ------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true", help="3 short runs: a smoke test")
-    parser.add_argument("--runs", type=int, help="timed runs per contender (default 7)")
-    parser.add_argument("--batch", type=int, help="sequential gets per run (default 2000)")
-    parser.add_argument("--tasks", type=int, default=200, help="concurrent tasks (200)")
-    parser.add_argument("--per-task", type=int, help="gets per concurrent task (default 20)")
-    parser.add_argument(
-        "--redis-url",
-        help="use this server instead of starting a private one; the run writes keys "
-        f"under {LAYERCACHE_PREFIX!r} and {RAW_PREFIX!r} and deletes them at the end",
-    )
-    options = parser.parse_args(argv)
-    runs = options.runs or (3 if options.quick else 7)
-    batch = options.batch or (500 if options.quick else 2_000)
-    per_task = options.per_task or (10 if options.quick else 20)
-    tasks = options.tasks
+@dataclass(frozen=True)
+class Settings:
+    runs: int
+    """Timed runs per contender."""
+    batch: int
+    """Sequential gets per run."""
+    per_task: int
+    """Gets per concurrent task."""
+    tasks: int = 200
+    """Concurrent tasks."""
+    redis_url: str | None = None
+    """A server to use instead of a private one."""
 
-    with redis_server(options.redis_url) as (url, where):
+    @classmethod
+    def default(cls, quick: bool) -> Settings:
+        if quick:  # a smoke test: figures too noisy to read
+            return cls(runs=1, batch=200, per_task=2)
+        return cls(runs=7, batch=2_000, per_task=20)
+
+
+def measure_and_print(settings: Settings) -> list[Result]:
+    """Everything the script measures, printed as it prints it; the results."""
+    runs, batch, tasks, per_task = settings.runs, settings.batch, settings.tasks, settings.per_task
+    with redis_server(settings.redis_url) as (url, where):
         count = max(batch, tasks * per_task)
         values = {f"item:{i}": _item(i) for i in range(count)}
         setup = Setup(url, tuple(values), values, tasks)
@@ -692,17 +798,78 @@ def main(argv: Sequence[str] | None = None) -> None:
                     measure, backend, setup, runs, batch, per_task, backend=backend
                 )
         finally:
-            if options.redis_url is not None:
+            if settings.redis_url is not None:
                 anyio.run(clean_up, setup)
         print_sequential(results, runs, batch)
         print_concurrent(results, runs, tasks, per_task)
         print("DESIGN §5 targets")
-        for line in targets(results, tasks):
-            print("  " + line)
+        for verdict in targets(results, tasks):
+            print("  " + verdict.line)
         print(
             f"\n(measured in {time.perf_counter() - started:.0f} s; "
-            f"load avg at the end {_load_average()})"
+            f"load avg at the end {load_average()})"
         )
+    return results
+
+
+TITLE = "Redis (L2)"
+
+
+def run(quick: bool = False) -> Report:
+    """The report's entry point (see benchmarks/_results.py)."""
+    settings = Settings.default(quick)
+    runs, batch, tasks, per_task = settings.runs, settings.batch, settings.tasks, settings.per_task
+    with capture_stdout() as printed:
+        results = measure_and_print(settings)
+    sequential = (
+        f"L2 hit latency, sequential: median over {runs} runs of {batch:,} awaited gets "
+        "(distinct keys, one task)"
+    )
+    concurrent = (
+        f"L2 hits, {tasks} concurrent tasks x {per_task} gets each (all "
+        f"{tasks * per_task:,} keys distinct): median over {runs} runs"
+    )
+    return Report(
+        title=TITLE,
+        tables=(
+            result_table(results, SEQUENTIAL, sequential),
+            result_table(results, CONCURRENT, concurrent),
+        ),
+        verdicts=tuple(targets(results, tasks)),
+        comparisons=tuple(comparisons(results, tasks)),
+        settings=(
+            f"{runs} runs; sequential batches of {batch:,} gets; {tasks} tasks x {per_task} gets"
+        ),
+        output=printed.text,
+    )
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
+    parser.add_argument("--quick", action="store_true", help="1 short run: a smoke test")
+    parser.add_argument("--runs", type=int, help="timed runs per contender (default 7)")
+    parser.add_argument("--batch", type=int, help="sequential gets per run (default 2000)")
+    parser.add_argument("--tasks", type=int, default=200, help="concurrent tasks (200)")
+    parser.add_argument("--per-task", type=int, help="gets per concurrent task (default 20)")
+    parser.add_argument(
+        "--redis-url",
+        help="use this server instead of starting a private one; the run writes keys "
+        f"under {LAYERCACHE_PREFIX!r} and {RAW_PREFIX!r} and deletes them at the end",
+    )
+    options = parser.parse_args(argv)
+    defaults = Settings.default(options.quick)
+    measure_and_print(
+        Settings(
+            runs=options.runs or defaults.runs,
+            batch=options.batch or defaults.batch,
+            per_task=options.per_task or defaults.per_task,
+            tasks=options.tasks,
+            redis_url=options.redis_url,
+        )
+    )
 
 
 if __name__ == "__main__":
