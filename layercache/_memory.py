@@ -3,9 +3,11 @@
 Owns: the entries (an ``OrderedDict`` kept in least-recently-used order), the index
 from tag to the keys carrying it, and the layer's counters.
 
-Takes (over its inbox, from other actors such as the invalidation listener):
-:class:`Invalidate`, :class:`InvalidateTag`, :class:`Clear` and :class:`Sweep`. Its task
-also sweeps expired entries every ``sweep_interval`` seconds, a chunk at a time.
+Takes (over its inbox, from other actors): :class:`Invalidate`, :class:`InvalidateTag`,
+:class:`Clear` and :class:`Sweep`. Its task also sweeps expired entries every
+``sweep_interval`` seconds, a chunk at a time. (The stack applies invalidations from
+the bus with :meth:`MemoryLayer.handle` directly, so that a message counted as received
+is already applied.)
 
 The stack itself calls the synchronous ``*_nowait`` handlers directly: there is one
 thread and no await inside a handler, so a read or write from the caller's task is as

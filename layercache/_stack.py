@@ -781,14 +781,17 @@ class CacheStack:
         else:
             self._coordinator.fence_all()
             local_message = Clear()
+        # Applied here and now, not posted to the layers' inboxes: once the listener
+        # counts a message as received, no read can see what it invalidated (the
+        # handlers are synchronous, and this is the loop's one thread).
         for layer in self._local_layers():
-            layer.post(local_message)
+            layer.handle(local_message)
 
     def _resubscribed(self) -> None:
         """The bus may have lost messages while unsubscribed: forget everything local."""
         self._coordinator.fence_all()
         for layer in self._local_layers():
-            layer.post(Clear())
+            layer.handle(Clear())
 
     def _local_layers(self) -> Iterable[LocalLayer]:
         return (layer for layer in self._layers if isinstance(layer, LocalLayer))

@@ -9,12 +9,15 @@ cancelled caller cannot leave a reply unread or desynchronise the connection.
 Deadlines: every batch has one (``timeout`` seconds after it was sent). If the oldest
 pending batch passes it with no reply, the connection is taken as dead: every pending
 batch fails with :class:`RedisConnectionError`, the connection is closed, and the
-transport reconnects in the background with jittered exponential back-off.
+transport reconnects in the background with jittered exponential back-off. The reader
+watches the deadline itself: it reads under a cancel scope whose deadline is the oldest
+pending batch's, moved as batches come and go (no watchdog task to wake per request).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
 from collections import deque
@@ -81,7 +84,7 @@ class Transport:
         self._setup = tuple(setup)
         self._connection: Connection | None = None
         self._pending: deque[_Batch] = deque()
-        self._batch_sent = anyio.Event()
+        self._read_scope: anyio.CancelScope | None = None
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._connected = anyio.Event()
         self._idle = IdleSignal()
@@ -189,7 +192,8 @@ class Transport:
                 deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
                 return
             self._pending.append(_Batch(len(commands), deliver, deadline))
-            self._batch_sent.set()
+            if len(self._pending) == 1 and self._read_scope is not None:
+                self._read_scope.deadline = deadline
             error: RedisConnectionError | None = None
             with anyio.CancelScope(shield=True, deadline=deadline) as write:
                 try:
@@ -206,47 +210,41 @@ class Transport:
         return await call(self, commands)
 
     async def _serve(self, connection: Connection) -> None:
-        """Read and watch deadlines until the connection breaks."""
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._watch, connection)
-            await self._read(connection)
-            tasks.cancel_scope.cancel()
+        """Hand replies to their batches, in order, until the connection breaks or the
+        oldest batch outlives its deadline."""
+        pending = self._pending
+        with anyio.CancelScope(deadline=pending[0].deadline if pending else math.inf) as scope:
+            self._read_scope = scope
+            try:
+                await self._read(connection, scope)
+            finally:
+                self._read_scope = None
+        if scope.cancelled_caught:
+            error = RedisConnectionError(
+                f"no reply from {self.address.display()} within {self.timeout} s"
+            )
+            await self._break(connection, error)
 
-    async def _read(self, connection: Connection) -> None:
-        """Hand replies to their batches, in order, until the connection breaks."""
+    async def _read(self, connection: Connection, scope: anyio.CancelScope) -> None:
         while self._connection is connection:
             try:
                 replies = await connection.receive()
             except RedisConnectionError as error:
                 await self._break(connection, error)
                 return
+            pending = self._pending
             for reply in replies:
-                if not self._pending:
+                if not pending:
                     await self._break(connection, RedisConnectionError("reply to no request"))
                     return
-                batch = self._pending[0]
+                batch = pending[0]
                 batch.replies.append(reply)
                 if len(batch.replies) == batch.count:
-                    self._pending.popleft()
-                    if not self._pending:
+                    pending.popleft()
+                    scope.deadline = pending[0].deadline if pending else math.inf
+                    if not pending:
                         self._idle.notify()
                     batch.deliver(batch.replies)
-
-    async def _watch(self, connection: Connection) -> None:
-        """Break the connection when the oldest batch outlives its deadline."""
-        while self._connection is connection:
-            if not self._pending:
-                self._batch_sent = anyio.Event()
-                await self._batch_sent.wait()
-                continue
-            delay = self._pending[0].deadline - anyio.current_time()
-            if delay > 0:
-                await anyio.sleep(delay)
-                continue
-            error = RedisConnectionError(
-                f"no reply from {self.address.display()} within {self.timeout} s"
-            )
-            await self._break(connection, error)
 
     async def _break(self, connection: Connection, error: RedisConnectionError) -> None:
         if self._connection is not connection:

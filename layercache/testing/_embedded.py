@@ -51,6 +51,7 @@ class EmbeddedRedis(Service):
 
     @property
     def host(self) -> str:
+        """Always ``127.0.0.1``: the server listens on loopback only."""
         return _HOST
 
     @property
@@ -68,6 +69,7 @@ class EmbeddedRedis(Service):
 
     @property
     def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
         return self._server is not None
 
     def start(self) -> Self:
@@ -130,6 +132,9 @@ class EmbeddedRedis(Service):
 
     def _process_request(self, server: TcpFakeServer, request: Any, client_address: Any) -> None:
         # Runs in the serve_forever thread, the only writer of _connections until stop().
+        # Replies go out as written: with Nagle's algorithm on, a reply held back while
+        # the client delays its ACK costs tens of milliseconds (pub/sub messages most).
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         thread = threading.Thread(
             target=server.process_request_thread,
             args=(request, client_address),
