@@ -64,6 +64,21 @@ def encode(message: BusMessage, secret: bytes | None) -> bytes:
     return data
 
 
+def origin_marker(origin: str) -> bytes:
+    """How the body of every message :func:`encode` makes for ``origin`` begins."""
+    return b'{"o":' + json.dumps(origin, ensure_ascii=False).encode() + b","
+
+
+def sent_by(data: object, marker: bytes) -> bool:
+    """Whether ``data`` is a message whose body begins with ``marker`` (see
+    :func:`origin_marker`): a stack skips its own messages without decoding them. (A
+    forgery claiming to be ours is skipped as well, which is what rejecting it does.)"""
+    if not isinstance(data, bytes) or not data.startswith(MAGIC):
+        return False
+    start = len(MAGIC) + 1 + (_SIGNATURE if data[len(MAGIC) : len(MAGIC) + 1] == _SIGNED else 0)
+    return data.startswith(marker, start)
+
+
 def split_keys(origin: str, keys: list[str]) -> list[BusMessage]:
     """Invalidation messages for ``keys``, each within :data:`MAX_MESSAGE` once encoded."""
     budget = MAX_MESSAGE - 512  # header, signature, origin and JSON punctuation
@@ -180,9 +195,15 @@ class RedisInvalidationBus:
         return f"<RedisInvalidationBus {where} {self.channel!r} {signed}>"
 
     def attach(self) -> None:
+        """Give the bus to a stack that is starting (the stack calls it).
+
+        :raises RuntimeError: the bus already serves another stack; give each stack
+            its own ``RedisInvalidationBus``.
+        """
         if self._in_use:
             raise RuntimeError("this invalidation bus is already in use by another stack")
         self._in_use = True
 
     def detach(self) -> None:
+        """Let go of the stack (called when it has stopped)."""
         self._in_use = False

@@ -146,12 +146,15 @@ class RedisSingleFlightCoordinator:
         self._keys = keys
 
     def detach(self) -> None:
+        """Unbind from the stack that exited (it may then serve another)."""
         self._keys = None
         self._held.clear()
 
     # -- the actor ---------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """The actor: connect (a refused login fails the stack's start), then renew the
+        held locks until cancelled."""
         transport: Transport | ClientTransport
         if self.address is not None:
             transport = Transport(
@@ -267,6 +270,8 @@ class RedisSingleFlightCoordinator:
         return keys
 
     def statistics(self, state: str) -> CoordinatorStatistics:
+        """A snapshot of the counters; ``state`` is the coordinator's health as the
+        stack sees it."""
         return CoordinatorStatistics(
             state=state,
             acquired=self.acquired,

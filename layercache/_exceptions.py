@@ -29,6 +29,7 @@ class LayerUnavailableError(CacheError):
     def __init__(self, layer: str, message: str) -> None:
         super().__init__(f"layer {layer!r} is unavailable: {message}")
         self.layer = layer
+        """The layer's name (``"redis"``, say), or ``"invalidation bus"`` for the bus."""
 
 
 class SerializationError(CacheError):

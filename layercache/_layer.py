@@ -62,9 +62,11 @@ class Hit:
     """A value found in a layer, with what a backfill into faster layers needs."""
 
     value: object
+    """The value, decoded."""
     ttl: float | None
     """Seconds the entry has left in the layer it was found in; None: no expiry."""
     tags: frozenset[str] = NO_TAGS
+    """The entry's tags, so a backfilled copy can be invalidated by them too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +74,13 @@ class Write:
     """One entry to store: the value as encoded by this layer, and its final TTL."""
 
     key: str
+    """The cache key, already checked by the stack."""
     value: object
+    """What :meth:`Layer.encode` returned for the value (bytes for Redis)."""
     ttl: float | None
     """Seconds until expiry, already resolved by the stack; None: never expires."""
     tags: frozenset[str] = NO_TAGS
+    """The entry's tags; they replace any tags the key had."""
 
 
 class Layer(ABC):
@@ -179,19 +184,27 @@ class LocalLayer(Layer):
         return read
 
     @abstractmethod
-    def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Hit]: ...
+    def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Hit]:
+        """Look ``keys`` up; return only those found, with their remaining TTL and tags.
+
+        Counts a hit or a miss per key; an expired entry is a miss and is removed.
+        """
 
     @abstractmethod
-    def write_many_nowait(self, writes: Iterable[Write]) -> None: ...
+    def write_many_nowait(self, writes: Iterable[Write]) -> None:
+        """Store every write, replacing existing entries and their tags (may evict)."""
 
     @abstractmethod
-    def delete_many_nowait(self, keys: Iterable[str]) -> None: ...
+    def delete_many_nowait(self, keys: Iterable[str]) -> None:
+        """Remove ``keys``; absent keys are ignored."""
 
     @abstractmethod
-    def invalidate_tag_nowait(self, tag: str) -> set[str]: ...
+    def invalidate_tag_nowait(self, tag: str) -> set[str]:
+        """Remove every entry carrying ``tag``; return the keys removed."""
 
     @abstractmethod
-    def clear_nowait(self) -> None: ...
+    def clear_nowait(self) -> None:
+        """Remove every entry."""
 
     def post(self, message: Message) -> None:
         """Hand ``message`` to the layer's actor; by default it is applied at once."""

@@ -23,7 +23,15 @@ import anyio
 import hiredis
 from anyio.abc import TaskStatus
 
-from ._bus import BusMessage, RedisInvalidationBus, Rejected, decode, encode
+from ._bus import (
+    BusMessage,
+    RedisInvalidationBus,
+    Rejected,
+    decode,
+    encode,
+    origin_marker,
+    sent_by,
+)
 from ._exceptions import LayerUnavailableError
 from ._redis._adapter import ClientTransport
 from ._redis._errors import RedisConfigurationError, RedisConnectionError, RedisError
@@ -48,6 +56,7 @@ class InvalidationListener:
     ) -> None:
         self.bus = bus
         self.origin = origin
+        self._marker = origin_marker(origin)
         self._apply = apply
         self._on_resubscribed = on_resubscribed
         self._start_disconnected = start_disconnected
@@ -190,6 +199,9 @@ class InvalidationListener:
 
     def handle(self, payload: object) -> None:
         """Check one message from the channel and apply it (synchronous)."""
+        if sent_by(payload, self._marker):
+            self.ignored += 1  # our own, heard back: nothing to decode
+            return
         try:
             message = decode(payload, self.bus.secret)
         except Rejected as rejection:

@@ -27,6 +27,7 @@ class GracefulDegradation:
     """
 
     retry_after: float = 10.0
+    """Seconds a failed layer is skipped before the next request tries it again."""
 
     def __post_init__(self) -> None:
         _check_duration("retry_after", self.retry_after)
@@ -41,7 +42,9 @@ class CircuitBreaker:
     """
 
     threshold: int = 5
+    """Consecutive failures that open the breaker."""
     reset_after: float = 30.0
+    """Seconds the breaker stays open before it lets one probe through."""
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int):

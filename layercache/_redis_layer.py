@@ -387,7 +387,7 @@ class RedisLayer(Layer):
         """Write a read at once if the connection is idle; ``done`` gets the result.
 
         The fast path for a lone cold read: the calling task writes the request itself
-        (shielded: a small write to an idle connection does not block), and the
+        (a small write to an idle connection does not block), and the
         transport's reader hands the reply to ``done``, so the read costs two task
         switches instead of a trip through the actor. Returns False, doing nothing,
         when a round trip is already under way: the caller should batch instead.
@@ -403,13 +403,16 @@ class RedisLayer(Layer):
             return False
         request = Read(tuple(keys), CallbackReply(done), anyio.current_time() + self.timeout)
         try:
-            with anyio.CancelScope(shield=True):
-                await self._dispatch(transport, [request])
+            # No shield needed: on an idle transport the request goes into the socket
+            # without an await (one that did not fit is finished by the transport,
+            # shielded), so a cancellation cannot catch it half-sent.
+            await self._dispatch(transport, [request])
         finally:
             writer.release()
         return True
 
     def count_error(self) -> None:
+        """Count a failed request the stack saw itself (a direct read)."""
         self._errors += 1
 
     async def delete_corrupt(self, keys: Sequence[str]) -> None:

@@ -33,10 +33,18 @@ class CorruptValue(Exception):
 
 
 class Serializer(ABC):
-    """Turns values into bytes and back. ``id`` is stored with each value."""
+    """Turns values into bytes and back. ``id`` is stored with each value.
+
+    Subclass it for a format of your own: give it an ``id`` no other serializer in
+    your deployment uses and implement :meth:`dumps` and :meth:`loads`. A value read
+    back with another serializer's ``id`` is treated as corrupt (a miss), so changing
+    the serializer of a running deployment costs misses, never wrong values.
+    """
 
     id: ClassVar[int]
+    """A small int (0-255) stored in every value's envelope; 1-3 are layercache's."""
     name: ClassVar[str]
+    """A short name for reprs and messages."""
 
     @abstractmethod
     def dumps(self, value: object) -> bytes:
@@ -109,9 +117,14 @@ class MsgpackSerializer(Serializer):
 
 
 class PickleSerializer(Serializer):
-    """Pickle, signed with HMAC-SHA256. **Dangerous**: see the module docstring.
+    """Pickle, signed with HMAC-SHA256: any picklable value.
+
+    **Dangerous**: unpickling runs code. A payload is unpickled only after its signature
+    checks out, so anyone who can write to your Redis *and* knows the key can run code
+    in every process that reads it. Keep the key secret and prefer JSON or msgpack.
 
     :param key: the HMAC key (at least 16 bytes), the same on every instance.
+    :raises ValueError: a key that is not bytes or is shorter than 16 bytes.
     """
 
     id = 3

@@ -898,6 +898,7 @@ class CacheStack:
 
     @property
     def layers(self) -> tuple[Layer, ...]:
+        """The layers, fastest first, as given."""
         return self._layers
 
     @property

@@ -111,12 +111,14 @@ class OpenTelemetry:
         return observe
 
     def attach(self, statistics: Callable[[], CacheStatistics]) -> None:
+        """Report the statistics of the stack being entered (one stack at a time)."""
         if self._in_use:
             raise RuntimeError("this OpenTelemetry hook is already in use by another stack")
         self._in_use = True
         self._statistics = statistics
 
     def detach(self) -> None:
+        """Stop reporting: the stack exited."""
         self._in_use = False
         self._statistics = None
 

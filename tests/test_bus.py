@@ -16,7 +16,16 @@ import anyio
 import pytest
 
 from layercache import CacheStack, MemoryLayer, RedisInvalidationBus, RedisLayer
-from layercache._bus import MAX_MESSAGE, BusMessage, Rejected, decode, encode, split_keys
+from layercache._bus import (
+    MAX_MESSAGE,
+    BusMessage,
+    Rejected,
+    decode,
+    encode,
+    origin_marker,
+    sent_by,
+    split_keys,
+)
 from layercache._listener import InvalidationListener
 from layercache._redis._address import parse_redis_url
 from layercache._redis._transport import Transport
@@ -35,6 +44,21 @@ def test_messages_round_trip(secret: bytes | None) -> None:
         BusMessage("origin", "clear"),
     ):
         assert decode(encode(message, secret), secret) == message
+
+
+@pytest.mark.parametrize("secret", [None, SECRET])
+def test_a_stack_recognises_its_own_messages_without_decoding(secret: bytes | None) -> None:
+    ours, theirs = origin_marker("a" * 32), origin_marker("b" * 32)
+    for message in (
+        BusMessage("a" * 32, "keys", ("k",)),
+        BusMessage("a" * 32, "tag", tag="t"),
+        BusMessage("a" * 32, "clear"),
+    ):
+        data = encode(message, secret)
+        assert sent_by(data, ours)
+        assert not sent_by(data, theirs)
+    for garbage in (b"", b"LCI1", b"LCI1S", b"junk" * 10, "text", None):
+        assert not sent_by(garbage, ours)
 
 
 def _rejection(data: object, secret: bytes | None = SECRET) -> str:

@@ -500,6 +500,46 @@ async def test_cancelled_stack_reads_never_get_a_wrong_value(
         assert cache.statistics().loads_in_flight == 0
 
 
+async def test_large_writes_go_out_whole_whatever_happens_to_their_callers(
+    redis_server: Any, prefix: str
+) -> None:
+    """A write larger than the socket takes at once is finished in pieces while other
+    requests wait their turn; callers cancelled meanwhile leave every command whole:
+    each value is stored entirely or not at all, and the connection stays in step."""
+    rng = random.Random(99)
+    big = {f"big{n}": str(n) * 12_000_000 for n in range(4)}
+    layer = RedisLayer(url=redis_server.url, prefix=prefix, timeout=30)
+    async with CacheStack([layer]) as cache:
+        await cache.set_many({f"k{n}": n for n in range(50)})
+        wrong: list[tuple[str, object]] = []
+
+        async def write(key: str, scope: anyio.CancelScope) -> None:
+            with scope:
+                await cache.set(key, big[key])
+
+        async def read(key: str) -> None:
+            value = await cache.get(key)
+            if value != int(key[1:]):
+                wrong.append((key, value))
+
+        async with anyio.create_task_group() as tg:
+            scopes = [anyio.CancelScope() for _ in big]
+            for key, scope in zip(big, scopes, strict=True):
+                tg.start_soon(write, key, scope)
+            for n in range(50):
+                tg.start_soon(read, f"k{n}")
+            for scope in rng.sample(scopes, 3):
+                for _ in range(rng.randrange(4)):
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel()
+        assert wrong == []
+        for key, value in big.items():
+            assert await cache.get(key) in (None, value)  # all of it, or none of it
+        await cache.set("after", "fine")
+        assert await cache.get("after") == "fine"
+        assert layer.statistics().errors == 0
+
+
 async def test_tag_sets_shed_members_whose_values_are_gone(
     redis_server: Any, prefix: str, raw: Transport
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import ssl
 from collections.abc import Sequence
 
 import anyio
 import hiredis
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, SocketAttribute
 
 from ._address import RedisAddress
 from ._errors import (
@@ -40,6 +42,9 @@ class Connection:
         self.stream = stream
         self.address = address
         self.parser = hiredis.Reader()
+        self._direct: socket.socket | None = None
+        """A duplicate of the stream's socket that writes go through, once
+        :meth:`write_directly` was called (plain TCP and unix sockets only)."""
 
     def __repr__(self) -> str:
         return f"<Connection {self.address.display()}>"
@@ -51,11 +56,13 @@ class Connection:
         *,
         ssl_context: ssl.SSLContext | None = None,
         setup: Sequence[Command] = (),
+        direct_writes: bool = False,
     ) -> Connection:
         """Connect, log in and run ``setup``. Run it under a deadline (``fail_after``).
 
         ``setup`` commands (loading scripts, say) may fail without failing the
-        connection: each error is logged.
+        connection: each error is logged. With ``direct_writes``, later writes go
+        through :meth:`send_nowait` and :meth:`send_rest` only (see there).
 
         :raises RedisConnectionError: unreachable, refused, TLS failure.
         :raises RedisConfigurationError: the server refused AUTH or SELECT.
@@ -68,6 +75,8 @@ class Connection:
                 for command, reply in zip(setup, await connection.call(setup), strict=True):
                     if isinstance(reply, hiredis.ReplyError):
                         logger.warning("%s on %s: %s", command[0], address.display(), reply)
+            if direct_writes and not address.tls:
+                connection._write_directly()
         except BaseException:
             await connection.aclose()
             raise
@@ -112,7 +121,60 @@ class Connection:
             replies.extend(await self.receive())
         return replies
 
+    def _write_directly(self) -> None:
+        """Write through a duplicate of the stream's socket from now on.
+
+        Every reply to what the stream sent so far has been read, so nothing of ours is
+        left in the stream's own buffers, and from now on only this socket writes: the
+        bytes cannot get out of order. (asyncio hands out a wrapper that cannot send,
+        hence the duplicate descriptor; it is non-blocking like the original.)
+        """
+        raw = self.stream.extra(SocketAttribute.raw_socket, None)
+        if raw is not None:
+            self._direct = socket.socket(fileno=os.dup(raw.fileno()))
+            self._direct.setblocking(False)
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write what the socket takes at once, without waiting; return how much.
+
+        No await, so nothing can interrupt it half-way. 0 for a connection without
+        direct writes (TLS): :meth:`send_rest` then writes it all.
+
+        :raises RedisConnectionError: the connection is broken.
+        """
+        direct = self._direct
+        if direct is None:
+            return 0
+        try:
+            return direct.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            raise RedisConnectionError(
+                f"writing to {self.address.display()} failed: {error}"
+            ) from error
+
+    async def send_rest(self, data: bytes) -> None:
+        """Write ``data`` (what :meth:`send_nowait` did not), waiting for room.
+
+        A cancelled write may leave part of ``data`` unsent: shield it, and give up the
+        connection if it does not finish.
+        """
+        direct = self._direct
+        if direct is None:
+            await self.send(data)
+            return
+        rest = memoryview(data)
+        while rest:
+            with map_connection_errors(f"writing to {self.address.display()} failed"):
+                await anyio.wait_writable(direct)
+                try:
+                    rest = rest[direct.send(rest) :]
+                except BlockingIOError:
+                    continue
+
     async def send(self, data: bytes) -> None:
+        """Write through the stream (set-up, subscriptions: not after direct writes)."""
         with map_connection_errors(f"writing to {self.address.display()} failed"):
             await self.stream.send(data)
 
@@ -132,6 +194,9 @@ class Connection:
         return replies
 
     async def aclose(self) -> None:
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()  # the duplicate only: the stream's socket closes below
         with anyio.CancelScope(shield=True):
             try:
                 await self.stream.aclose()

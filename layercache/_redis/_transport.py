@@ -85,7 +85,8 @@ class Transport:
         self._connection: Connection | None = None
         self._pending: deque[_Batch] = deque()
         self._read_scope: anyio.CancelScope | None = None
-        self._write_lock = anyio.Lock(fast_acquire=True)
+        self._writing: anyio.Event | None = None
+        """Set while a batch the socket did not take at once is being written."""
         self._connected = anyio.Event()
         self._idle = IdleSignal()
         self.connects = 0
@@ -142,7 +143,10 @@ class Transport:
         try:
             with anyio.fail_after(self.timeout):
                 connection = await Connection.open(
-                    self.address, ssl_context=self._ssl_context, setup=self._setup
+                    self.address,
+                    ssl_context=self._ssl_context,
+                    setup=self._setup,
+                    direct_writes=True,
                 )
         except TimeoutError as error:
             raise RedisConnectionError(
@@ -178,32 +182,49 @@ class Transport:
         taken as dead and the batch fails.
 
         Never raises for the connection's sake: a batch that cannot be sent is
-        delivered the error at once. Safe from any number of tasks: writers take turns,
-        and a write is shielded from its caller's cancellation (a write cut in half
-        would desynchronise the connection) but bounded by the batch's deadline; one
-        that does not finish by then takes the connection down with it.
+        delivered the error at once. Safe from any number of tasks. Usually the whole
+        batch goes into the socket at once, with no await at all; when the socket takes
+        only part of it, the rest is written shielded from the caller's cancellation (a
+        command cut in half would desynchronise the connection) but bounded by the
+        deadline, other writers waiting their turn; a write that does not finish by
+        then takes the connection down with it.
         """
         if deadline is None:
             deadline = anyio.current_time() + self.timeout
         data = pack(commands)  # before anything is queued: a bad command queues nothing
-        async with self._write_lock:
-            connection = self._connection
-            if connection is None:
-                deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
-                return
-            self._pending.append(_Batch(len(commands), deliver, deadline))
-            if len(self._pending) == 1 and self._read_scope is not None:
-                self._read_scope.deadline = deadline
-            error: RedisConnectionError | None = None
+        while self._writing is not None:  # another batch is still going out
+            await self._writing.wait()
+        connection = self._connection
+        if connection is None:
+            deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
+            return
+        self._pending.append(_Batch(len(commands), deliver, deadline))
+        if len(self._pending) == 1 and self._read_scope is not None:
+            self._read_scope.deadline = deadline
+        try:
+            sent = connection.send_nowait(data)
+        except RedisConnectionError as error:
+            await self._break(connection, error)
+            return
+        if sent < len(data):
+            await self._send_rest(connection, data[sent:], deadline)
+
+    async def _send_rest(self, connection: Connection, rest: bytes, deadline: float) -> None:
+        writing = self._writing = anyio.Event()
+        error: RedisConnectionError | None = None
+        try:
             with anyio.CancelScope(shield=True, deadline=deadline) as write:
                 try:
-                    await connection.send(data)
+                    await connection.send_rest(rest)
                 except RedisConnectionError as failure:
                     error = failure
             if write.cancelled_caught:
                 error = RedisConnectionError(f"writing to {self.address.display()} timed out")
-            if error is not None:
-                await self._break(connection, error)
+        finally:
+            self._writing = None
+            writing.set()
+        if error is not None:
+            await self._break(connection, error)
 
     async def call(self, commands: Sequence[Command]) -> list[object]:
         """Send a batch and wait for its replies (for callers that can simply wait)."""

@@ -48,12 +48,16 @@ class LayerContract:
     follows_clock: ClassVar[bool] = True
 
     def make_layer(self, *, ttl: float | None = None, max_size: int = 1000) -> Layer:
+        """Return a fresh, empty layer with this default ``ttl`` (and ``max_size``, for
+        layers that have one). Every test calls it once; implement it in the subclass."""
         raise NotImplementedError("LayerContract subclasses implement make_layer()")
 
     @asynccontextmanager
     async def stack(
         self, *, ttl: float | None = None, clock: FakeClock | None = None
     ) -> AsyncIterator[tuple[CacheStack, Layer]]:
+        """``async with self.stack() as (cache, layer):`` a one-layer stack around a
+        fresh layer, on ``clock`` (a new :class:`FakeClock` by default)."""
         layer = self.make_layer(ttl=ttl)
         async with CacheStack([layer], clock=clock or FakeClock()) as cache:
             yield cache, layer

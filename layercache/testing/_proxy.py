@@ -128,12 +128,15 @@ class FaultProxy(Service):
 
     @property
     def port(self) -> int:
+        """The loopback port clients connect to. Raises :class:`RuntimeError` before
+        :meth:`start`."""
         if self._port is None:
             raise RuntimeError("the proxy has not been started")
         return self._port
 
     @property
     def url(self) -> str:
+        """``redis://127.0.0.1:PORT``: give it to a layer instead of the server's URL."""
         return f"redis://127.0.0.1:{self.port}"
 
     @property

@@ -77,7 +77,9 @@ class ServerBinary:
     """
 
     path: str
+    """The executable's path."""
     found_via: str
+    """Where it was found (see above)."""
 
     @classmethod
     def find(cls) -> ServerBinary:
@@ -264,6 +266,7 @@ class RedisServer(Service):
 
     @property
     def host(self) -> str:
+        """Always ``127.0.0.1``: test servers listen on loopback only."""
         return _HOST
 
     @property
@@ -315,6 +318,7 @@ class RedisServer(Service):
 
     @property
     def running(self) -> bool:
+        """True while the server process is alive (False after :meth:`kill`)."""
         return self._process is not None and self._process.poll() is None
 
     @property
