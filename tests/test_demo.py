@@ -44,11 +44,18 @@ def assert_every_incident_prevented(out: str) -> None:
     """The figures the demo measured say what the four incidents and their cures are."""
     # 1: every caller without a cache queries the origin; with it, one query in all,
     # and every caller of an instance gets the same object.
-    assert f"without a cache: {CALLERS} origin queries" in out
-    assert f"instance A:      1 origin query, {CALLERS} callers got 1 distinct object" in out
-    assert f"instance B:      0 origin queries, {CALLERS} callers got 1 distinct object" in out
+    assert f"without a cache:         A {CALLERS} origin queries" in out
+    per_instance = out.split("memory + Redis:")[1].split("+ the coordinator:")[0]
+    assert per_instance.count(f"1 origin query, {CALLERS} callers got 1 distinct object") == 2
+    coordinated = out.split("+ the coordinator:")[1].split("[2/4]")[0]
+    assert coordinated.count(f"{CALLERS} callers got 1 distinct object") == 2
+    assert coordinated.count("1 origin query,") == 1
+    assert coordinated.count("0 origin queries,") == 1
     row = summary_row(out, "1 stampede")
-    assert re.search(rf"{CALLERS} origin queries +1 origin query for {2 * CALLERS} callers", row)
+    assert re.search(
+        rf"{2 * CALLERS} origin queries +1 origin query for {2 * CALLERS} callers on 2 instances",
+        row,
+    )
     # 2: strict raises for every request that needs Redis; graceful serves them all.
     for fault in ("killed", "black-holed"):
         row = summary_row(out, f"2 Redis {fault}")
@@ -174,16 +181,22 @@ def crowd(queries: int, distinct: int = 1, callers: int = 100) -> Crowd:
 
 
 def test_stampede_verdict() -> None:
-    good = StampedeFigures(crowd(100, distinct=100), crowd(1), crowd(0))
-    assert good.result().passed
-    assert good.result().with_ == "1 origin query for 200 callers"
-    twice = StampedeFigures(crowd(100, distinct=100), crowd(2, distinct=2), crowd(0))
+    crowds = (crowd(100, distinct=100), crowd(100, distinct=100))
+    good = StampedeFigures(crowds, (crowd(1), crowd(1)), (crowd(1), crowd(0)))
+    assert good.result().problems == ()
+    assert good.result().with_ == "1 origin query for 200 callers on 2 instances"
+    twice = StampedeFigures(crowds, (crowd(2, distinct=2), crowd(1)), (crowd(1), crowd(1)))
     assert twice.result().problems == (
-        "instance A made 2 origin queries, expected 1",
-        "instance A handed its callers 2 distinct objects, expected 1",
+        "without the coordinator A and B made 3 origin queries, expected 2",
+        "without the coordinator instance A handed its callers 2 distinct objects, expected 1",
+        "with the coordinator A and B made 2 origin queries, expected 1",
     )
-    b_queried = StampedeFigures(crowd(100, distinct=100), crowd(1), crowd(1))
-    assert b_queried.result().problems == ("instance B made 1 origin queries, expected 0",)
+    no_stampede = StampedeFigures(
+        (crowd(1), crowd(100, distinct=100)), (crowd(1), crowd(1)), (crowd(1), crowd(0))
+    )
+    assert no_stampede.result().problems == (
+        "without a cache 200 callers made 101 queries: the stampede was not reproduced",
+    )
 
 
 def burst(*, failed: int, redis_served: int, l1_served: int = 10) -> Burst:

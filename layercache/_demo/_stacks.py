@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from .._bus import RedisInvalidationBus
+from .._distributed import RedisSingleFlightCoordinator
 from .._memory import MemoryLayer
 from .._options import CircuitBreaker, GracefulDegradation
 from .._redis_layer import DEFAULT_TIMEOUT, RedisLayer
@@ -27,9 +28,11 @@ def instance(
     timeout: float = DEFAULT_TIMEOUT,
     graceful_degradation: GracefulDegradation | None = None,
     circuit_breaker: CircuitBreaker | None = None,
+    single_flight: bool = False,
 ) -> CacheStack:
     """An app instance: a memory layer in front of the shared Redis, and with ``bus``,
-    an invalidation bus on a channel of the run's own."""
+    an invalidation bus on a channel of the run's own; with ``single_flight``, the
+    Redis single-flight coordinator."""
     return CacheStack(
         [
             MemoryLayer(ttl=L1_TTL),
@@ -37,6 +40,9 @@ def instance(
         ],
         invalidation_bus=(
             RedisInvalidationBus(url=redis_url, channel=f"{prefix}invalidation") if bus else None
+        ),
+        single_flight_coordinator=(
+            RedisSingleFlightCoordinator(url=redis_url, timeout=timeout) if single_flight else None
         ),
         graceful_degradation=graceful_degradation,
         circuit_breaker=circuit_breaker,

@@ -1,8 +1,9 @@
-"""Incident 1, the stampede: a crowd of callers misses one key at the same moment.
+"""Incident 1, the stampede: a crowd of callers misses one key at the same moment, on
+two app instances at once.
 
-Without a cache every caller queries the origin. With layercache, instance A (memory +
-Redis) queries it once and all its callers get the same object; instance B, a second
-stack on the same Redis, serves its own crowd from Redis without a single query.
+Without a cache every caller queries the origin. With layercache (memory + Redis) each
+instance queries it once and all its callers get the same object; with the Redis
+single-flight coordinator as well, the two instances query it once in all.
 """
 
 from __future__ import annotations
@@ -59,33 +60,44 @@ class Crowd:
 
 @dataclass(frozen=True, slots=True)
 class StampedeFigures:
-    no_cache: Crowd
-    instance_a: Crowd
-    instance_b: Crowd
+    """The same double crowd (instances A and B at once) three ways."""
+
+    no_cache: tuple[Crowd, Crowd]
+    per_instance: tuple[Crowd, Crowd]
+    """layercache without the Redis coordinator: single-flight within each instance."""
+    coordinated: tuple[Crowd, Crowd]
+    """With ``RedisSingleFlightCoordinator``: single-flight across instances."""
 
     def result(self) -> Result:
         problems: list[str] = []
-        if self.no_cache.queries != self.no_cache.callers:
+        callers = sum(crowd.callers for crowd in self.no_cache)
+        without = sum(crowd.queries for crowd in self.no_cache)
+        if without != callers:
             problems.append(
-                f"without a cache {self.no_cache.callers} callers made "
-                f"{self.no_cache.queries} queries: the stampede was not reproduced"
+                f"without a cache {callers} callers made {without} queries: "
+                "the stampede was not reproduced"
             )
-        for name, crowd, expected in (("A", self.instance_a, 1), ("B", self.instance_b, 0)):
-            if crowd.queries != expected:
+        for setup, crowds, expected in (
+            ("without the coordinator", self.per_instance, 2),
+            ("with the coordinator", self.coordinated, 1),
+        ):
+            queries = sum(crowd.queries for crowd in crowds)
+            if queries != expected:
                 problems.append(
-                    f"instance {name} made {crowd.queries} origin queries, expected {expected}"
+                    f"{setup} A and B made {queries} origin queries, expected {expected}"
                 )
-            if crowd.distinct_objects != 1:
-                problems.append(
-                    f"instance {name} handed its callers {crowd.distinct_objects} distinct "
-                    "objects, expected 1"
-                )
-        callers = self.instance_a.callers + self.instance_b.callers
-        queries = self.instance_a.queries + self.instance_b.queries
+            for name, crowd in zip("AB", crowds, strict=True):
+                if crowd.distinct_objects != 1:
+                    problems.append(
+                        f"{setup} instance {name} handed its callers "
+                        f"{crowd.distinct_objects} distinct objects, expected 1"
+                    )
+        coordinated = sum(crowd.queries for crowd in self.coordinated)
         return Result(
             "1 stampede",
-            plural(self.no_cache.queries, "origin query", "origin queries"),
-            f"{plural(queries, 'origin query', 'origin queries')} for {callers} callers",
+            plural(without, "origin query", "origin queries"),
+            f"{plural(coordinated, 'origin query', 'origin queries')} for {callers} callers "
+            "on 2 instances",
             tuple(problems),
         )
 
@@ -114,31 +126,51 @@ async def _crowd(callers: int, origin: Origin, call: Callable[[], Awaitable[obje
 
 async def stampede(redis_url: str, callers: int, origin_latency: float) -> Result:
     say(
-        f"[1/4] Stampede: {callers} concurrent callers ask for one expired key (the origin "
-        f"takes {duration(origin_latency)} a query),"
+        f"[1/4] Stampede: {callers} concurrent callers on each of two instances, A and B, "
+        "ask for one expired key"
     )
-    say("      without a cache, then on instance A (memory + Redis), then on B (same Redis)")
-    origin = Origin(origin_latency)
-    no_cache = await _crowd(callers, origin, origin.listing)
-    say(f"      without a cache: {no_cache.describe()}")
+    say(f"      at the same moment (the origin takes {duration(origin_latency)} a query)")
+    no_cache = await _two_crowds(callers, origin_latency, None, None)
+    say(f"      without a cache:         A {no_cache[0].describe()}")
+    say(f"                               B {no_cache[1].describe()}")
+    outcomes: list[tuple[Crowd, Crowd]] = []
+    for coordinated, label in ((False, "memory + Redis:"), (True, "+ the coordinator:")):
+        prefix = new_prefix("stampede")
+        try:
+            crowds = await _two_crowds(callers, origin_latency, redis_url, prefix, coordinated)
+        finally:
+            await clear_prefix(redis_url, prefix)
+        say(f"      {label:24} A {crowds[0].describe()}")
+        say(f"                               B {crowds[1].describe()}")
+        outcomes.append(crowds)
+    return StampedeFigures(no_cache, outcomes[0], outcomes[1]).result()
 
-    prefix = new_prefix("stampede")
-    origin = Origin(origin_latency)
-    try:
-        instance_a = await _on_instance(redis_url, prefix, callers, origin)
-        say(f"      instance A:      {instance_a.describe()}")
-        instance_b = await _on_instance(redis_url, prefix, callers, origin)
-        say(f"      instance B:      {instance_b.describe()}")
-    finally:
-        await clear_prefix(redis_url, prefix)
-    return StampedeFigures(no_cache, instance_a, instance_b).result()
 
+async def _two_crowds(
+    callers: int,
+    origin_latency: float,
+    redis_url: str | None,
+    prefix: str | None,
+    coordinated: bool = False,
+) -> tuple[Crowd, Crowd]:
+    """A crowd on each of two instances at once (fresh stacks, their L1s empty), or
+    straight at the origin without ``redis_url``. Each instance counts its own queries
+    to the one origin."""
+    found: dict[str, Crowd] = {}
 
-async def _on_instance(redis_url: str, prefix: str, callers: int, origin: Origin) -> Crowd:
-    """A crowd on a fresh stack: an instance that just started, its L1 empty."""
-    async with instance(redis_url, prefix) as cache:
+    async def on(name: str) -> None:
+        origin = Origin(origin_latency)
+        if redis_url is None or prefix is None:
+            found[name] = await _crowd(callers, origin, origin.listing)
+            return
+        async with instance(redis_url, prefix, single_flight=coordinated) as cache:
 
-        async def get_listing() -> object:
-            return await cache.get(KEY, origin.listing)
+            async def get_listing() -> object:
+                return await cache.get(KEY, origin.listing)
 
-        return await _crowd(callers, origin, get_listing)
+            found[name] = await _crowd(callers, origin, get_listing)
+
+    async with anyio.create_task_group() as instances:
+        instances.start_soon(on, "A")
+        instances.start_soon(on, "B")
+    return found["A"], found["B"]
