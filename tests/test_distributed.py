@@ -152,7 +152,9 @@ async def test_stacks_sharing_redis_run_the_fetcher_once(
             stats = [cache.statistics() for cache in stacks]
             coordinators = [s.coordinator for s in stats]
             assert all(c is not None for c in coordinators)
-            assert sum(c.acquired for c in coordinators if c) == 1
+            # A waiter may take the lock just after the holder let it go, and then
+            # find the value on its second look: a lock taken, no fetch.
+            assert sum(c.acquired for c in coordinators if c) >= 1
             assert sum(c.waits for c in coordinators if c) == 2
             assert sum(c.takeovers for c in coordinators if c) == 0
             assert all(c.held == 0 and c.state == "healthy" for c in coordinators if c)

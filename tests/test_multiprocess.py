@@ -147,7 +147,9 @@ def test_four_processes_of_100_callers_fetch_once(
         assert result["callers"] == CALLERS
         assert result["pids"] == [holder.process.pid]  # everyone got the holder's value
         assert result["distinct"] == 1
-    assert sum(result["acquired"] for result in results) == 1
+    # A waiter may take the lock just after the holder let it go, and then find the
+    # value on its second look: a lock taken, no fetch.
+    assert sum(result["acquired"] for result in results) >= 1
     assert sum(result["waits"] for result in results) == PROCESSES - 1
     assert sum(result["takeovers"] for result in results) == 0
 

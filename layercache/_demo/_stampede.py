@@ -8,8 +8,10 @@ single-flight coordinator as well, the two instances query it once in all.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import anyio
@@ -154,23 +156,28 @@ async def _two_crowds(
     coordinated: bool = False,
 ) -> tuple[Crowd, Crowd]:
     """A crowd on each of two instances at once (fresh stacks, their L1s empty), or
-    straight at the origin without ``redis_url``. Each instance counts its own queries
-    to the one origin."""
-    found: dict[str, Crowd] = {}
+    straight at the origin without ``redis_url``. Both instances are up before either
+    crowd starts; each counts its own queries to the one origin."""
+    origins = (Origin(origin_latency), Origin(origin_latency))
+    calls: list[Callable[[], Awaitable[object]]] = []
+    async with AsyncExitStack() as stacks:
+        for origin in origins:
+            if redis_url is None or prefix is None:
+                calls.append(origin.listing)
+                continue
+            cache = await stacks.enter_async_context(
+                instance(redis_url, prefix, single_flight=coordinated)
+            )
+            calls.append(functools.partial(cache.get, KEY, origin.listing))
+        found: list[Crowd | None] = [None, None]
 
-    async def on(name: str) -> None:
-        origin = Origin(origin_latency)
-        if redis_url is None or prefix is None:
-            found[name] = await _crowd(callers, origin, origin.listing)
-            return
-        async with instance(redis_url, prefix, single_flight=coordinated) as cache:
+        async def on(index: int) -> None:
+            found[index] = await _crowd(callers, origins[index], calls[index])
 
-            async def get_listing() -> object:
-                return await cache.get(KEY, origin.listing)
-
-            found[name] = await _crowd(callers, origin, get_listing)
-
-    async with anyio.create_task_group() as instances:
-        instances.start_soon(on, "A")
-        instances.start_soon(on, "B")
-    return found["A"], found["B"]
+        async with anyio.create_task_group() as crowds:
+            crowds.start_soon(on, 0)
+            crowds.start_soon(on, 1)
+    crowd_a, crowd_b = found
+    assert crowd_a is not None
+    assert crowd_b is not None
+    return crowd_a, crowd_b
