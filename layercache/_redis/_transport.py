@@ -10,8 +10,11 @@ Deadlines: every batch has one (``timeout`` seconds after it was sent). If the o
 pending batch passes it with no reply, the connection is taken as dead: every pending
 batch fails with :class:`RedisConnectionError`, the connection is closed, and the
 transport reconnects in the background with jittered exponential back-off. The reader
-watches the deadline itself: it reads under a cancel scope whose deadline is the oldest
-pending batch's, moved as batches come and go (no watchdog task to wake per request).
+watches the deadlines itself: it reads under a cancel scope whose deadline is never later
+than any pending batch's. A send only moves it earlier, which a stream of requests
+rarely needs; when it fires, the reader checks whether a batch really is overdue and
+otherwise reads on under a fresh scope. So a request costs no timer of its own and no
+watchdog task to wake.
 """
 
 from __future__ import annotations
@@ -199,8 +202,9 @@ class Transport:
             deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
             return
         self._pending.append(_Batch(len(commands), deliver, deadline))
-        if len(self._pending) == 1 and self._read_scope is not None:
-            self._read_scope.deadline = deadline
+        scope = self._read_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
         try:
             sent = connection.send_nowait(data)
         except RedisConnectionError as error:
@@ -231,22 +235,29 @@ class Transport:
         return await call(self, commands)
 
     async def _serve(self, connection: Connection) -> None:
-        """Hand replies to their batches, in order, until the connection breaks or the
-        oldest batch outlives its deadline."""
-        pending = self._pending
-        with anyio.CancelScope(deadline=pending[0].deadline if pending else math.inf) as scope:
-            self._read_scope = scope
-            try:
-                await self._read(connection, scope)
-            finally:
-                self._read_scope = None
-        if scope.cancelled_caught:
-            error = RedisConnectionError(
-                f"no reply from {self.address.display()} within {self.timeout} s"
-            )
-            await self._break(connection, error)
+        """Hand replies to their batches, in order, until the connection breaks or a
+        batch outlives its deadline."""
+        while self._connection is connection:
+            pending = self._pending
+            first = min((batch.deadline for batch in pending), default=math.inf)
+            with anyio.CancelScope(deadline=first) as scope:
+                self._read_scope = scope
+                try:
+                    await self._read(connection)
+                finally:
+                    self._read_scope = None
+            if not scope.cancelled_caught:
+                return  # the connection broke
+            now = anyio.current_time()
+            if any(batch.deadline <= now for batch in self._pending):
+                error = RedisConnectionError(
+                    f"no reply from {self.address.display()} within {self.timeout} s"
+                )
+                await self._break(connection, error)
+                return
+            # The batch the deadline was for has been answered: watch the others.
 
-    async def _read(self, connection: Connection, scope: anyio.CancelScope) -> None:
+    async def _read(self, connection: Connection) -> None:
         while self._connection is connection:
             try:
                 replies = await connection.receive()
@@ -262,7 +273,6 @@ class Transport:
                 batch.replies.append(reply)
                 if len(batch.replies) == batch.count:
                     pending.popleft()
-                    scope.deadline = pending[0].deadline if pending else math.inf
                     if not pending:
                         self._idle.notify()
                     batch.deliver(batch.replies)
