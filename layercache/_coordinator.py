@@ -90,6 +90,7 @@ class Coordinator:
         task) or else hands the flight to :meth:`gather`."""
         self._flights: dict[tuple[str, bool], Flight] = {}
         self._loads: TaskGroup | None = None
+        self._drained: anyio.Event | None = None
         self.fence_count = 0
         """Grows with every fence; a reader that saw it unchanged saw no invalidation."""
 
@@ -105,6 +106,7 @@ class Coordinator:
         return sum(flight.waiters for flight in self._flights.values())
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
+        drained = self._drained = anyio.Event()
         try:
             async with anyio.create_task_group() as loads:
                 self._loads = loads
@@ -117,6 +119,20 @@ class Coordinator:
             for flight in self._flights.values():
                 flight.reply.fail(closed)
             self._flights.clear()
+            drained.set()
+        # Drained by the stack on its way out: stay until the stack cancels every actor
+        # (returning would have the supervisor start a new run).
+        await anyio.sleep_forever()
+
+    async def drain(self) -> None:
+        """Cancel every load and wait until all have finished, their clean-up included
+        (a distributed lock holder gives its lock back): the stack's first step out,
+        while the other actors still run."""
+        loads, drained = self._loads, self._drained
+        if loads is None or drained is None:
+            return
+        loads.cancel_scope.cancel()
+        await drained.wait()
 
     # -- synchronous handlers ----------------------------------------------------
 

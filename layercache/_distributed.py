@@ -30,6 +30,7 @@ import logging
 import random
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -53,16 +54,43 @@ POLL_FIRST = 0.005
 """Seconds before a waiter's first look at the value; doubled after each look."""
 POLL_MAX = 0.25
 """The longest pause between two looks."""
+ORPHAN_RETRY_FIRST = 0.05
+ORPHAN_RETRY_MAX = 5.0
+MAX_ORPHANS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    """A lock this stack holds: its token, and what RELEASE and RENEW need to know."""
+
+    token: str
+    key: str
+    value: str
+    """The Redis name of the key's value."""
+    tag_sets: list[str]
+    """The Redis names of the load's tag sets (ACQUIRE put the key in them)."""
+
+    def release(self, lock: str) -> Command:
+        # EVAL, not EVALSHA: sent without waiting for the reply, so a NOSCRIPT (a
+        # restarted server, a client= connection) could not be retried.
+        return RELEASE.eval([lock, self.value, *self.tag_sets], [self.token, self.key])
 
 
 class Wait:
     """A waiter's schedule: jittered exponential back-off, and a time limit it may
-    renew once (the waiter starts over instead of fetching)."""
+    renew once (the waiter starts over instead of fetching).
 
-    __slots__ = ("_delay", "_timeout", "deadline", "renewed")
+    The renewed limit never ends before ``lease + timeout`` from the start: by then a
+    dead holder's lock has expired and one waiter has taken over, so no waiter gives up
+    on a holder that is merely dead rather than slow.
+    """
 
-    def __init__(self, now: float, timeout: float) -> None:
+    __slots__ = ("_delay", "_lease", "_started", "_timeout", "deadline", "renewed")
+
+    def __init__(self, now: float, timeout: float, lease: float = 0.0) -> None:
         self._timeout = timeout
+        self._lease = lease
+        self._started = now
         self._delay = POLL_FIRST
         self.deadline = now + timeout
         self.renewed = False
@@ -80,7 +108,7 @@ class Wait:
         if self.renewed:
             return True
         self.renewed = True
-        self.deadline = now + self._timeout
+        self.deadline = max(now + self._timeout, self._started + self._lease + self._timeout)
         self._delay = POLL_FIRST
         return False
 
@@ -100,10 +128,11 @@ class RedisSingleFlightCoordinator:
         ``lease / 3`` while the fetch runs; if the holder dies, one waiter takes over
         this long after the last renewal.
     :param wait_timeout: seconds a waiter waits for the value before it starts over
-        (once); after a second timeout the call raises
-        :class:`~layercache.LayerUnavailableError`, or with graceful degradation
-        fetches by itself. Keep ``lease`` below ``2 * wait_timeout`` for a dead holder
-        to be replaced by a takeover rather than by those fallbacks.
+        (once: it tries the lock again and waits another ``wait_timeout``, or until
+        ``lease + wait_timeout`` after it began if that is later, so that a dead
+        holder's lock has expired and been taken over by then). If that runs out too,
+        the call raises :class:`~layercache.LayerUnavailableError`, or with graceful
+        degradation fetches by itself.
     :param timeout: seconds any single Redis request may take.
     :param ssl_context: for ``rediss://``, a custom ``ssl.SSLContext``.
     :raises TypeError, ValueError: for bad arguments (checked here, without I/O).
@@ -131,8 +160,12 @@ class RedisSingleFlightCoordinator:
         self.ssl_context = ssl_context
         self._keys: KeySpace | None = None
         self._transport: Transport | ClientTransport | None = None
-        self._held: dict[str, str] = {}
-        """Lock name → token, for the locks to renew."""
+        self._held: dict[str, _Lease] = {}
+        """Lock name → lease, for the locks to renew."""
+        self._orphans: dict[str, _Lease] = {}
+        """Locks that may have been taken without our knowing: to release."""
+        self._orphaned: anyio.Event | None = None
+        """Set when ``_orphans`` gets one (an Event of the running actor's loop)."""
         self.acquired = self.waits = self.takeovers = self.timeouts = self.lost = 0
 
     def __repr__(self) -> str:
@@ -149,12 +182,14 @@ class RedisSingleFlightCoordinator:
         """Unbind from the stack that exited (it may then serve another)."""
         self._keys = None
         self._held.clear()
+        self._orphans.clear()
+        self._orphaned = None
 
     # -- the actor ---------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         """The actor: connect (a refused login fails the stack's start), then renew the
-        held locks until cancelled."""
+        held locks until cancelled; on the way out, give back any still held."""
         transport: Transport | ClientTransport
         if self.address is not None:
             transport = Transport(
@@ -175,8 +210,13 @@ class RedisSingleFlightCoordinator:
                 self._transport = transport
                 task_status.started()
                 try:
-                    await self._renew_forever()
+                    async with anyio.create_task_group() as work:
+                        work.start_soon(self._release_orphans, transport)
+                        await self._renew_forever()
                 finally:
+                    # Loads cancelled with the stack may not have released theirs.
+                    held, self._held = list(self._held.items()), {}
+                    await self._send_quietly([lease.release(lock) for lock, lease in held])
                     self._transport = None
                     tasks.cancel_scope.cancel()
         if isinstance(refused, TypeError):
@@ -185,28 +225,57 @@ class RedisSingleFlightCoordinator:
             raise LayerUnavailableError(self.name, str(refused)) from refused
 
     async def _renew_forever(self) -> None:
-        """Extend every held lock each ``lease / 3``: a live holder never loses its lock
-        to a takeover, a dead one stops renewing and loses it after ``lease``."""
+        """Extend every held lock (and its load's tag sets) each ``lease / 3``: a live
+        holder never loses its lock to a takeover, a dead one stops renewing and loses
+        it after ``lease``."""
+        lease_ms = _milliseconds(self.lease)
         while True:
             await anyio.sleep(self.lease / 3)
             held = list(self._held.items())
             if not held:
                 continue
-            command = RENEW.evalsha(
-                [name for name, _ in held], [_milliseconds(self.lease), *(t for _, t in held)]
-            )
+            commands = [
+                RENEW.evalsha([lock, *lease.tag_sets], [lease_ms, lease.token])
+                for lock, lease in held
+            ]
             try:
-                (reply,) = await self._call([command])
+                renewed = await self._call(commands)
             except LayerUnavailableError as error:
                 logger.warning("could not renew %d single-flight locks: %s", len(held), error)
                 continue
-            renewed = reply if isinstance(reply, list) else []
-            for (name, token), ok in zip(held, renewed, strict=False):
-                if ok != 1 and self._held.get(name) == token:
+            for (lock, lease), ok in zip(held, renewed, strict=True):
+                if ok != 1 and self._held.get(lock) is lease:
                     # A change to the key (or an expiry) took it: the holder's guarded
                     # write will find out and store nothing.
-                    del self._held[name]
-                    logger.info("single-flight lock %r was taken away during its load", name)
+                    del self._held[lock]
+                    logger.info("single-flight lock %r was taken away during its load", lock)
+
+    async def _release_orphans(self, transport: Transport | ClientTransport) -> None:
+        """Give back locks whose ACQUIRE reply was lost: they may have been taken, and
+        nobody would renew or release them. Retried once the connection is back."""
+        delay = ORPHAN_RETRY_FIRST
+        while True:
+            orphaned = self._orphaned = anyio.Event()
+            if not self._orphans:
+                await orphaned.wait()
+            while self._orphans:
+                if transport.connected:
+                    orphans, self._orphans = self._orphans, {}
+                    await self._send_quietly(
+                        [lease.release(lock) for lock, lease in orphans.items()],
+                        retry=orphans,
+                    )
+                    if not self._orphans:
+                        delay = ORPHAN_RETRY_FIRST
+                        break
+                await anyio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, ORPHAN_RETRY_MAX)
+
+    def _orphan(self, lock: str, lease: _Lease) -> None:
+        if len(self._orphans) < MAX_ORPHANS:  # beyond that, their leases expire them
+            self._orphans[lock] = lease
+        if self._orphaned is not None:
+            self._orphaned.set()
 
     # -- requests, from the loads' tasks -------------------------------------------------
 
@@ -216,30 +285,63 @@ class RedisSingleFlightCoordinator:
         :raises LayerUnavailableError: Redis did not answer, or refused.
         """
         keys = self._keyspace()
-        token = secrets.token_hex(16)
         lock = keys.locks + key
-        command = ACQUIRE.evalsha(
-            [lock, *(keys.tag_sets + tag for tag in sorted(tags))],
-            [token, _milliseconds(self.lease), key],
+        lease = _Lease(
+            secrets.token_hex(16), key, keys.values + key, [keys.tag_sets + t for t in sorted(tags)]
         )
-        (reply,) = await self._call([command])
+        command = ACQUIRE.evalsha(
+            [lock, *lease.tag_sets], [lease.token, _milliseconds(self.lease), key]
+        )
+        try:
+            (reply,) = await self._call([command])
+        except BaseException:
+            # The lock may have been taken with nobody to hear it (a lost reply, a
+            # cancelled caller): give it back rather than block the key for a lease.
+            self._orphan(lock, lease)
+            raise
         if reply != 1:
             return None
-        self._held[lock] = token
+        self._held[lock] = lease
         self.acquired += 1
-        return token
+        return lease.token
 
     async def release(self, key: str, token: str) -> None:
-        """Give ``key``'s lock back if it is still ours. Never raises for Redis's sake
-        (an unreleased lock expires with its lease); shielded, bounded by ``timeout``."""
+        """Give ``key``'s lock back if it is still ours (and take the key out of the tag
+        sets if the load stored nothing). Never raises: the command is sent, not
+        awaited (an unreleased lock expires with its lease); shielded and bounded by
+        ``timeout``."""
         lock = self._keyspace().locks + key
-        if self._held.get(lock) == token:
+        lease = self._held.get(lock)
+        if lease is not None and lease.token == token:
             del self._held[lock]
+            await self._send_quietly([lease.release(lock)])
+
+    async def _send_quietly(
+        self, commands: list[Command], retry: dict[str, _Lease] | None = None
+    ) -> None:
+        """Send ``commands`` without waiting for their replies (errors are logged); if
+        they are lost, ``retry``'s releases are tried again later."""
+        transport = self._transport
+        if transport is None or not commands:
+            return
+
+        def delivered(replies: list[object] | RedisError) -> None:
+            if isinstance(replies, RedisError):
+                logger.debug("single-flight lock commands were lost: %s", replies)
+                for lock, lease in (retry or {}).items():
+                    self._orphan(lock, lease)
+                return
+            for reply in replies:
+                if isinstance(reply, hiredis.ReplyError):
+                    logger.warning("a single-flight lock command failed: %s", reply)
+
         with anyio.CancelScope(shield=True, deadline=anyio.current_time() + self.timeout):
-            try:
-                await self._call([RELEASE.evalsha([lock], [token])])
-            except LayerUnavailableError as error:
-                logger.debug("could not release %r (its lease will expire): %s", lock, error)
+            await transport.send(commands, delivered)
+
+    async def mark(self, name: str, value: str) -> None:
+        """Write ``value`` at ``name`` for a few seconds: the stack reads it back through
+        its Redis layer to check that both talk to the same server and database."""
+        await self._call([("SET", name, value, "PX", 10_000)])
 
     def lost_lock(self) -> None:
         """Count a holder whose guarded write found its lock gone."""
@@ -248,7 +350,7 @@ class RedisSingleFlightCoordinator:
     def waiting(self) -> Wait:
         """Start a wait for a lock held elsewhere."""
         self.waits += 1
-        return Wait(anyio.current_time(), self.wait_timeout)
+        return Wait(anyio.current_time(), self.wait_timeout, self.lease)
 
     async def _call(self, commands: list[Command]) -> list[object]:
         transport = self._transport

@@ -411,6 +411,12 @@ class RedisLayer(Layer):
             writer.release()
         return True
 
+    async def take(self, name: str) -> bytes | None:
+        """Read and delete the raw bytes at ``name`` (a Redis name, not a key): the
+        stack's check that a single-flight coordinator shares this layer's server."""
+        found, _ = await self._call([("GET", name), ("DEL", name)])
+        return found if isinstance(found, bytes) else None
+
     def count_error(self) -> None:
         """Count a failed request the stack saw itself (a direct read)."""
         self._errors += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -41,6 +42,8 @@ from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
 logger = logging.getLogger("layercache.stack")
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
+DRAIN_TIMEOUT = 5.0
+"""Seconds the stack's exit gives its cancelled loads to clean up (release locks)."""
 
 T = TypeVar("T")
 
@@ -222,6 +225,8 @@ class CacheStack:
             await task_group.start(coordinator.run, name="layercache coordinator")
             if distributed is not None:
                 await self._start_distributed(task_group, distributed, clock)
+                assert self._lock_layer is not None
+                await _check_same_server(distributed, self._lock_layer)
             if bus is not None:
                 await self._start_listener(task_group, bus, clock)
         except BaseException as error:
@@ -291,6 +296,9 @@ class CacheStack:
         assert task_group is not None
         self._task_group = None
         try:
+            # Loads first, while the actors they clean up through are still running.
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + DRAIN_TIMEOUT):
+                await self._coordinator.drain()
             task_group.cancel_scope.cancel()
             if exc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
                 # The cancellation may be the task group's own: it must see it.
@@ -475,9 +483,14 @@ class CacheStack:
         try:
             sent = await layer.read_now((key,), done)
         except BaseException as error:
-            # Not sent after all: nobody else would ever answer this flight's callers.
+            # Not sent after all: nobody else would answer this flight's callers. A
+            # cancelled caller's flight goes to the batched path (its other callers did
+            # not ask to be cancelled); anything else is their error too.
             health.abandoned(probe)
-            self._coordinator.complete(flight, error)
+            if isinstance(error, anyio.get_cancelled_exc_class()):
+                self._coordinator.gather(flight)
+            else:
+                self._coordinator.complete(flight, error)
             raise
         if not sent:
             # A round trip is under way: join the batch that goes out after it.
@@ -579,7 +592,7 @@ class CacheStack:
                 distributed.timeouts += 1
                 message = (
                     f"the load of {flight.key!r} held by another process did not finish "
-                    f"within 2 x {distributed.wait_timeout} s"
+                    f"within the wait (wait_timeout={distributed.wait_timeout} s, twice)"
                 )
                 if not self._health[distributed].graceful:
                     raise LayerUnavailableError(distributed.name, message)
@@ -692,18 +705,21 @@ class CacheStack:
         With a single-flight lock ``token``, the lock's layer writes only if the lock
         is still ours; False if it was not (nothing more is written).
         """
+        lock_layer = self._lock_layer
+        if token is not None and lock_layer is not None:
+            # The lock's layer first: if the lock is gone, no layer gets the write.
+            (write,) = writes[lock_layer]
+            stored = await self._remote(
+                lock_layer, lock_layer.write_locked, write, token, write=True
+            )
+            if stored is False:
+                assert self.single_flight_coordinator is not None
+                self.single_flight_coordinator.lost_lock()
+                return False
         for layer, layer_writes in writes.items():
-            if isinstance(layer, LocalLayer):
+            if isinstance(layer, LocalLayer) or (token is not None and layer is lock_layer):
                 continue
-            if token is not None and layer is self._lock_layer:
-                (write,) = layer_writes
-                stored = await self._remote(layer, layer.write_locked, write, token, write=True)
-                if stored is False:
-                    assert self.single_flight_coordinator is not None
-                    self.single_flight_coordinator.lost_lock()
-                    return False
-            else:
-                await self._remote(layer, layer.write_many, layer_writes, write=True)
+            await self._remote(layer, layer.write_many, layer_writes, write=True)
         return True
 
     def _write_local(self, writes: Mapping[Layer, Sequence[Write]]) -> None:
@@ -905,6 +921,31 @@ class CacheStack:
     def state(self) -> str:
         """``"new"``, ``"open"`` or ``"closed"``."""
         return self._state
+
+
+async def _check_same_server(distributed: RedisSingleFlightCoordinator, layer: RedisLayer) -> None:
+    """Refuse a coordinator whose Redis is not the layer's: its locks would be invisible
+    to the layer's guarded writes, and nothing would ever be stored. Skipped, with a
+    warning, when either cannot reach Redis now."""
+    token = secrets.token_hex(16)
+    name = f"{layer.keys.locks}\x00probe:{token}"  # no key's lock: random, and marked
+    try:
+        await distributed.mark(name, token)
+        found = await layer.take(name)
+    except LayerUnavailableError as error:
+        logger.warning(
+            "could not check that the single-flight coordinator and layer %r share a Redis "
+            "server: %s",
+            layer.name,
+            error,
+        )
+        return
+    if found != token.encode():
+        raise LayerUnavailableError(
+            distributed.name,
+            f"it does not reach the same Redis server and database as layer {layer.name!r}: "
+            "the locks must live next to the values",
+        )
 
 
 async def _call_fetcher(fetcher: Fetcher) -> object:

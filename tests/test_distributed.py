@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from layercache import (
+    CacheClosedError,
     CacheStack,
     GracefulDegradation,
     LayerUnavailableError,
@@ -117,13 +118,21 @@ def test_wait_backs_off_with_jitter_up_to_a_ceiling() -> None:
 
 
 def test_wait_starts_over_once_then_gives_up() -> None:
-    wait = Wait(100.0, 5.0)
+    wait = Wait(100.0, 5.0, lease=2.0)
     assert not wait.given_up(104.9)
     assert not wait.given_up(105.0)  # the first timeout: a fresh wait
     assert wait.renewed
     assert wait.deadline == 110.0
     assert not wait.given_up(109.0)
     assert wait.given_up(110.0)
+
+
+def test_a_wait_lasts_until_a_dead_holders_lease_has_run_out() -> None:
+    wait = Wait(100.0, 5.0, lease=30.0)
+    assert not wait.given_up(105.0)  # starts over, and waits out the lease
+    assert wait.deadline == 135.0
+    assert not wait.given_up(134.9)
+    assert wait.given_up(135.0)
 
 
 # -- across stacks -------------------------------------------------------------------------
@@ -259,27 +268,9 @@ async def test_the_holder_renews_its_lease_while_it_fetches(
             slow = GatedFetcher("from a")
             backup = GatedFetcher("from b")
             backup.open()
-            # b's coordinator reports how long it has waited: once that is several
-            # leases, a's lock has survived only by being renewed.
-            waited = anyio.Event()
-            coordinator = _coordinator(b)
-            original = coordinator.waiting
-
-            class CountedWait(Wait):
-                __slots__ = ("total",)
-
-                def pause(self) -> float:
-                    seconds = super().pause()
-                    self.total = getattr(self, "total", 0.0) + seconds
-                    if self.total > 4 * lease:
-                        waited.set()
-                    return seconds
-
-            def waiting() -> Wait:
-                original()  # counted as usual
-                return CountedWait(anyio.current_time(), coordinator.wait_timeout)
-
-            coordinator.waiting = waiting  # type: ignore[method-assign]
+            # b reports how long it has waited: once that is several leases, a's lock
+            # has survived only by being renewed.
+            waited = _signal_waited(b, 4 * lease)
             out: list[object] = []
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_crowd, a, "k", slow, 1, out)
@@ -419,7 +410,7 @@ async def test_a_waiter_that_times_out_starts_over_once_then_gives_up(
         calls += 1
         return "here"
 
-    options: dict[str, Any] = {"wait_timeout": 0.1}
+    options: dict[str, Any] = {"wait_timeout": 0.1, "lease": 0.2}
     if graceful:
         options["graceful_degradation"] = GracefulDegradation(retry_after=1)
     with anyio.fail_after(20):
@@ -428,7 +419,7 @@ async def test_a_waiter_that_times_out_starts_over_once_then_gives_up(
                 assert await cache.get("k", fetch) == "here"
                 assert calls == 1
             else:
-                with pytest.raises(LayerUnavailableError, match="did not finish"):
+                with pytest.raises(LayerUnavailableError, match="did not finish within the wait"):
                     await cache.get("k", fetch)
                 assert calls == 0
             stats = cache.statistics().coordinator
@@ -495,3 +486,139 @@ async def test_client_coordinator_on_asyncio_only(anyio_backend: str) -> None:
         assert await cache.get("k", fetch) == "v"
         assert await client.exists("c:l:k") == 0
         assert await client.exists("c:v:k") == 1
+
+
+# -- regressions from a review: locks and tag sets left behind ---------------------------
+
+
+async def test_leaving_the_stack_mid_fetch_gives_the_lock_back(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str
+) -> None:
+    fetcher = GatedFetcher("never")
+    cache = _stack(redis_server.url, prefix)
+
+    async def load() -> None:
+        with pytest.raises(CacheClosedError):
+            await cache.get("k", fetcher)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tasks, cache:
+            tasks.start_soon(load)
+            await fetcher.started.wait()
+            assert raw.exists(f"{prefix}l:k") == 1
+        # The stack exits first (its loads are cancelled), then the callers' task group.
+    assert fetcher.cancelled
+    assert raw.exists(f"{prefix}l:k") == 0  # not left to block the key for a lease
+
+
+async def test_a_failed_load_leaves_its_tag_sets_as_they_were(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str
+) -> None:
+    async def fail() -> str:
+        raise LookupError("not found")
+
+    async with _stacks(redis_server.url, prefix, 1) as (cache,):
+        for n in range(20):
+            with pytest.raises(LookupError):
+                await cache.get(f"missing{n}", fail, tags=["t"])
+        assert raw.exists(f"{prefix}t:t") == 0  # no member left behind by the locks
+        assert not raw.keys(f"{prefix}l:*")
+
+
+async def test_a_load_outliving_its_lease_stays_findable_by_its_tags(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    lease = 0.3
+    url = redis_server.url
+    slow = GatedFetcher("old")
+    backup = GatedFetcher("from w")
+    backup.open()
+    with anyio.fail_after(30):
+        async with (
+            _stack(url, prefix, lease=lease) as holder,
+            _stack(url, prefix) as waiter,
+            CacheStack([RedisLayer(url=url, prefix=prefix)]) as other,
+        ):
+            waited = _signal_waited(waiter, 4 * lease)
+            out: list[object] = []
+            async with anyio.create_task_group() as tasks:
+
+                async def hold() -> None:
+                    out.append(await holder.get("k", slow, tags=["t"]))
+
+                async def wait() -> None:
+                    out.append(await waiter.get("k", backup, tags=["t"]))
+
+                tasks.start_soon(hold)
+                await slow.started.wait()
+                tasks.start_soon(wait)
+                await waited.wait()  # several leases: the holder renewed all along
+                await other.invalidate_by_tag("t")  # finds the lock, so the load is stale
+                await backup.started.wait()  # the waiter took the freed lock over
+                slow.open()
+            assert sorted(map(str, out)) == ["from w", "old"]
+            assert await other.get("k") == "from w"  # never the stale "old"
+            stats = holder.statistics().coordinator
+            assert stats is not None
+            assert stats.lost == 1
+
+
+def _signal_waited(cache: CacheStack, seconds: float) -> anyio.Event:
+    """An event set once ``cache`` has waited ``seconds`` in all for a lock held
+    elsewhere (the time passes in the coordinator's own back-off pauses)."""
+    coordinator = _coordinator(cache)
+    original = coordinator.waiting
+    waited = anyio.Event()
+
+    class CountedWait(Wait):
+        __slots__ = ("total",)
+
+        def pause(self) -> float:
+            pause = super().pause()
+            self.total = getattr(self, "total", 0.0) + pause
+            if self.total > seconds:
+                waited.set()
+            return pause
+
+    def waiting() -> Wait:
+        original()  # counted as usual
+        return CountedWait(anyio.current_time(), coordinator.wait_timeout, coordinator.lease)
+
+    coordinator.waiting = waiting  # type: ignore[method-assign]
+    return waited
+
+
+async def test_with_two_redis_layers_a_lost_lock_writes_neither(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    url = redis_server.url
+    near, far = f"{prefix}near:", f"{prefix}far:"
+
+    def layers() -> list[RedisLayer]:
+        return [RedisLayer(url=url, prefix=near, name="near"), RedisLayer(url=url, prefix=far)]
+
+    fetcher = GatedFetcher("old")
+    coordinator = RedisSingleFlightCoordinator(url)
+    with anyio.fail_after(20):
+        async with (
+            CacheStack([MemoryLayer(), *layers()], single_flight_coordinator=coordinator) as a,
+            CacheStack(layers()) as b,
+        ):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(a.get, "k", fetcher)
+                await fetcher.started.wait()
+                await b.delete("k")
+                fetcher.open()
+            assert await b.get_many(["k"]) == {}  # neither Redis layer got the stale value
+
+
+async def test_a_coordinator_on_another_database_is_refused(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    coordinator = RedisSingleFlightCoordinator(redis_server.url + "/1")
+    stack = CacheStack(
+        [RedisLayer(url=redis_server.url, prefix=prefix)], single_flight_coordinator=coordinator
+    )
+    with pytest.raises(LayerUnavailableError, match="same Redis server and database"):
+        async with stack:
+            pass

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pickle
 import random
+import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -26,6 +27,7 @@ from layercache import (
     SerializationError,
 )
 from layercache._redis._address import parse_redis_url
+from layercache._redis._errors import RedisConnectionError
 from layercache._redis._transport import Transport
 from layercache.testing import LayerContract
 
@@ -553,6 +555,57 @@ async def test_tag_sets_shed_members_whose_values_are_gone(
         assert isinstance(size, int)
         assert 200 <= size < 300  # every live key is there; dead ones were shed
         assert await cache.invalidate_by_tag("busy") == 200
+
+
+async def test_a_tag_set_emptied_by_shedding_gets_the_new_entrys_ttl(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    # A dead member (no value, no lock) in a set that would outlive the new entry.
+    await raw.call([("SADD", f"{prefix}t:t", "gone"), ("PEXPIRE", f"{prefix}t:t", 600_000)])
+    async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        await cache.set("k", 1, ttl=10, tags=["t"])
+    members, left = await raw.call([("SMEMBERS", f"{prefix}t:t"), ("PTTL", f"{prefix}t:t")])
+    assert members == [b"k"]
+    assert isinstance(left, int)
+    assert 0 < left <= 10_000  # the set was emptied and made again: not left without TTL
+
+
+async def test_a_writer_stuck_on_a_dead_connection_holds_up_nobody(
+    anyio_backend: str,
+) -> None:
+    """A peer that never reads: a huge write blocks half-way. When an earlier request's
+    deadline drops the connection, the stuck write ends with it, and the request that
+    waited for its turn is answered at once instead of at the huge write's deadline."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        url = f"redis://127.0.0.1:{server.getsockname()[1]}"
+        transport = Transport(parse_redis_url(url), timeout=0.3)
+        answers: dict[str, object] = {}
+
+        def answer(name: str) -> Callable[[object], None]:
+            def deliver(replies: object) -> None:
+                answers[name] = replies
+
+            return deliver
+
+        with anyio.fail_after(10):  # the huge write's own deadline is 60 s
+            async with anyio.create_task_group() as tasks:
+                await tasks.start(transport.run)
+                await transport.send([("PING",)], answer("ping"))  # due in 0.3 s
+
+                async def huge() -> None:
+                    deadline = anyio.current_time() + 60
+                    await transport.send(
+                        [("SET", "x", b"x" * 50_000_000)], answer("huge"), deadline
+                    )
+
+                tasks.start_soon(huge)
+                await anyio.wait_all_tasks_blocked()  # the huge write waits for room
+                await transport.send([("PING",)], answer("next"))
+                tasks.cancel_scope.cancel()
+        for name in ("ping", "huge", "next"):
+            assert isinstance(answers[name], RedisConnectionError), name
 
 
 async def test_a_request_past_its_deadline_is_answered_not_sent(

@@ -130,9 +130,16 @@ class Connection:
         hence the duplicate descriptor; it is non-blocking like the original.)
         """
         raw = self.stream.extra(SocketAttribute.raw_socket, None)
-        if raw is not None:
-            self._direct = socket.socket(fileno=os.dup(raw.fileno()))
-            self._direct.setblocking(False)
+        if raw is None:
+            return
+        duplicate = os.dup(raw.fileno())
+        try:
+            direct = socket.socket(fileno=duplicate)
+        except BaseException:
+            os.close(duplicate)
+            raise
+        direct.setblocking(False)
+        self._direct = direct
 
     def send_nowait(self, data: bytes) -> int:
         """Write what the socket takes at once, without waiting; return how much.
@@ -196,6 +203,7 @@ class Connection:
     async def aclose(self) -> None:
         direct, self._direct = self._direct, None
         if direct is not None:
+            anyio.notify_closing(direct)  # a write waiting for room gives up now
             direct.close()  # the duplicate only: the stream's socket closes below
         with anyio.CancelScope(shield=True):
             try:

@@ -75,13 +75,14 @@ end
 redis.call('DEL', kkey)
 for i = 3, #KEYS do
   local tkey = KEYS[i]
-  local existed = redis.call('EXISTS', tkey)
-  local left = redis.call('PTTL', tkey)
   for _, member in ipairs(redis.call('SRANDMEMBER', tkey, 2)) do
     if redis.call('EXISTS', vprefix .. member, ARGV[6] .. member) == 0 then
       redis.call('SREM', tkey, member)
     end
   end
+  -- After the shedding, which may have emptied (so deleted) the set.
+  local existed = redis.call('EXISTS', tkey)
+  local left = redis.call('PTTL', tkey)
   redis.call('SADD', tkey, key)
   redis.call('SADD', kkey, ARGV[i + 5])
   if ttl == 0 then
@@ -156,27 +157,39 @@ end
 return 1
 """)
 
-# KEYS: locks...   ARGV: lease ms, their tokens...   Extends each lock still held by its
-# token; returns, for each, 1 (renewed) or 0 (lost: expired, or deleted by a change).
+# KEYS: the lock, its load's tag sets...   ARGV: lease ms, the token.   Extends the lock
+# if it still holds the token, and the tag sets with it (ACQUIRE's rule), so a long load
+# stays findable by a tag invalidation. 1 if renewed, 0 if lost (expired, or deleted by a
+# change to the key).
 RENEW = Script("""
-local renewed = {}
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
-    renewed[i] = 1
-  else
-    renewed[i] = 0
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  return 0
+end
+local lease = tonumber(ARGV[1])
+redis.call('PEXPIRE', KEYS[1], lease)
+for i = 2, #KEYS do
+  local left = redis.call('PTTL', KEYS[i])
+  if left >= 0 and left < lease then
+    redis.call('PEXPIRE', KEYS[i], lease)
   end
 end
-return renewed
+return 1
 """)
 
-# KEYS: the lock.   ARGV: the token.   Deletes the lock only if it is still ours.
+# KEYS: the lock, the value, the load's tag sets...   ARGV: the token, the user key.
+# Deletes the lock only if it is still ours; if the load stored nothing (it failed, or
+# its result went stale), the key also leaves the tag sets ACQUIRE put it in.
 RELEASE = Script("""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  for i = 3, #KEYS do
+    redis.call('SREM', KEYS[i], ARGV[2])
+  end
+end
+return 1
 """)
 
 SCRIPTS = (WRITE, DELETE, INVALIDATE_TAG)

@@ -201,6 +201,11 @@ class Transport:
         if connection is None:
             deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
             return
+        if deadline <= anyio.current_time():
+            # Its callers gave up while it waited its turn: sending it would only make
+            # the reader take a healthy connection for a dead one.
+            deliver(RedisConnectionError(f"no turn to write to {self.address.display()} in time"))
+            return
         self._pending.append(_Batch(len(commands), deliver, deadline))
         scope = self._read_scope
         if scope is not None and deadline < scope.deadline:
@@ -227,7 +232,7 @@ class Transport:
         finally:
             self._writing = None
             writing.set()
-        if error is not None:
+        if error is not None and self._connection is connection:
             await self._break(connection, error)
 
     async def call(self, commands: Sequence[Command]) -> list[object]:
