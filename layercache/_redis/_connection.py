@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import hiredis
+import sniffio
 from anyio.abc import ByteStream, SocketAttribute
 
 from ._address import RedisAddress
@@ -31,11 +33,36 @@ def pack(commands: Sequence[Command]) -> bytes:
     return b"".join([hiredis.pack_command(command) for command in commands])  # type: ignore[arg-type]
 
 
+class _Pushed(asyncio.Protocol):
+    """asyncio only: hands a connection's data over from the event loop's callback, so
+    replies reach their waiters without a trip through a reader task."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._connection._feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = str(exc) if exc is not None else "the server closed the connection"
+        self._connection.abort(
+            RedisConnectionError(f"reading from {self._connection.address.display()}: {reason}")
+        )
+
+
 class Connection:
     """A connected, logged-in stream and the parser of its replies.
 
     Not safe for concurrent use: its owner (the transport) is the only writer and the
-    only reader.
+    only reader. After set-up a transport's connection takes the short way where it can
+    (``direct_writes``): on trio, writes go straight into the socket and replies are
+    read by :meth:`receive`; on asyncio, a protocol of its own writes and *pushes* the
+    replies to :attr:`on_replies` as they arrive (:attr:`pushes`).
     """
 
     def __init__(self, stream: ByteStream, address: RedisAddress) -> None:
@@ -44,7 +71,17 @@ class Connection:
         self.parser = hiredis.Reader()
         self._direct: socket.socket | None = None
         """A duplicate of the stream's socket that writes go through, once
-        :meth:`write_directly` was called (plain TCP and unix sockets only)."""
+        :meth:`_write_directly` was called (plain TCP and unix sockets, trio)."""
+        self._pushed: _Pushed | None = None
+        self.on_replies: Callable[[list[object]], object] | None = None
+        """Where a pushing connection hands the replies it parsed (in order)."""
+        self._lost: anyio.Event | None = None
+        self._lost_error: RedisConnectionError | None = None
+
+    @property
+    def pushes(self) -> bool:
+        """Replies arrive through :attr:`on_replies`, not :meth:`receive`."""
+        return self._pushed is not None
 
     def __repr__(self) -> str:
         return f"<Connection {self.address.display()}>"
@@ -76,7 +113,7 @@ class Connection:
                     if isinstance(reply, hiredis.ReplyError):
                         logger.warning("%s on %s: %s", command[0], address.display(), reply)
             if direct_writes and not address.tls:
-                connection._write_directly()
+                await connection._write_directly()
         except BaseException:
             await connection.aclose()
             raise
@@ -121,13 +158,14 @@ class Connection:
             replies.extend(await self.receive())
         return replies
 
-    def _write_directly(self) -> None:
-        """Write through a duplicate of the stream's socket from now on.
+    async def _write_directly(self) -> None:
+        """Use a duplicate of the stream's socket from now on.
 
         Every reply to what the stream sent so far has been read, so nothing of ours is
-        left in the stream's own buffers, and from now on only this socket writes: the
-        bytes cannot get out of order. (asyncio hands out a wrapper that cannot send,
-        hence the duplicate descriptor; it is non-blocking like the original.)
+        left in the stream's buffers, and the stream is not used again until it closes:
+        the bytes cannot get out of order. (asyncio hands out a wrapper that cannot
+        send, hence the duplicate descriptor.) On asyncio an event-loop transport of our
+        own takes the duplicate over, reading and writing.
         """
         raw = self.stream.extra(SocketAttribute.raw_socket, None)
         if raw is None:
@@ -139,7 +177,49 @@ class Connection:
             os.close(duplicate)
             raise
         direct.setblocking(False)
-        self._direct = direct
+        if sniffio.current_async_library() != "asyncio":
+            self._direct = direct
+            return
+        self._lost = anyio.Event()
+        try:
+            _, self._pushed = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _Pushed(self), sock=direct
+            )
+        except BaseException:
+            direct.close()
+            raise
+
+    def _feed(self, data: bytes) -> None:
+        """A pushing connection's data: parse it and hand the replies on."""
+        self.parser.feed(data)
+        replies: list[object] = []
+        try:
+            reply = self.parser.gets()
+            while reply is not False:
+                replies.append(reply)
+                reply = self.parser.gets()
+        except hiredis.ProtocolError:
+            self.abort(RedisConnectionError(f"protocol error from {self.address.display()}"))
+            return
+        if replies and self.on_replies is not None:
+            self.on_replies(replies)
+
+    def abort(self, error: RedisConnectionError) -> None:
+        """Give a pushing connection up at once; :meth:`wait_lost` returns ``error``."""
+        if self._lost_error is None:
+            self._lost_error = error
+        pushed = self._pushed
+        if pushed is not None and pushed.transport is not None:
+            pushed.transport.abort()
+        if self._lost is not None:
+            self._lost.set()
+
+    async def wait_lost(self) -> RedisConnectionError:
+        """Wait until a pushing connection is lost or given up; return why."""
+        assert self._lost is not None
+        await self._lost.wait()
+        assert self._lost_error is not None
+        return self._lost_error
 
     def send_nowait(self, data: bytes) -> int:
         """Write what the socket takes at once, without waiting; return how much.
@@ -149,6 +229,13 @@ class Connection:
 
         :raises RedisConnectionError: the connection is broken.
         """
+        pushed = self._pushed
+        if pushed is not None:
+            transport = pushed.transport
+            if transport is None or transport.is_closing():
+                raise RedisConnectionError(f"writing to {self.address.display()}: closed")
+            transport.write(data)  # what the socket does not take now, it buffers
+            return len(data)
         direct = self._direct
         if direct is None:
             return 0
@@ -201,6 +288,8 @@ class Connection:
         return replies
 
     async def aclose(self) -> None:
+        if self._pushed is not None:
+            self.abort(RedisConnectionError(f"the connection to {self.address.display()} closed"))
         direct, self._direct = self._direct, None
         if direct is not None:
             anyio.notify_closing(direct)  # a write waiting for room gives up now

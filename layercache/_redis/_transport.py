@@ -19,6 +19,7 @@ watchdog task to wake.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -263,24 +264,44 @@ class Transport:
             # The batch the deadline was for has been answered: watch the others.
 
     async def _read(self, connection: Connection) -> None:
+        if connection.pushes:
+            # asyncio: replies are handed out by the event loop's callback as they
+            # arrive; this task only waits for the end.
+            connection.on_replies = functools.partial(self._hand_out, connection)
+            await self._break(connection, await connection.wait_lost())
+            return
         while self._connection is connection:
             try:
                 replies = await connection.receive()
             except RedisConnectionError as error:
                 await self._break(connection, error)
                 return
-            pending = self._pending
-            for reply in replies:
+            broken = self._hand_out(connection, replies)
+            if broken is not None:
+                await self._break(connection, broken)
+                return
+
+    def _hand_out(
+        self, connection: Connection, replies: list[object]
+    ) -> RedisConnectionError | None:
+        """Give each batch its replies, in order; the error if a reply has no batch."""
+        if self._connection is not connection:
+            return None  # given up: its batches were failed already
+        pending = self._pending
+        for reply in replies:
+            if not pending:
+                error = RedisConnectionError("reply to no request")
+                if connection.pushes:
+                    connection.abort(error)
+                return error
+            batch = pending[0]
+            batch.replies.append(reply)
+            if len(batch.replies) == batch.count:
+                pending.popleft()
                 if not pending:
-                    await self._break(connection, RedisConnectionError("reply to no request"))
-                    return
-                batch = pending[0]
-                batch.replies.append(reply)
-                if len(batch.replies) == batch.count:
-                    pending.popleft()
-                    if not pending:
-                        self._idle.notify()
-                    batch.deliver(batch.replies)
+                    self._idle.notify()
+                batch.deliver(batch.replies)
+        return None
 
     async def _break(self, connection: Connection, error: RedisConnectionError) -> None:
         if self._connection is not connection:
