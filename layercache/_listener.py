@@ -185,12 +185,12 @@ class InvalidationListener:
                         return
 
             tasks.start_soon(keep_alive)
+
+            def heard_now() -> None:
+                heard[0] = anyio.current_time()
+
             try:
-                while True:
-                    payloads = await subscription.receive()
-                    heard[0] = anyio.current_time()
-                    for payload in payloads:
-                        self.handle(payload)
+                await subscription.serve(heard_now, self.handle)
             except RedisConnectionError as error:
                 logger.warning("lost the bus subscription: %s", error)
             tasks.cancel_scope.cancel()

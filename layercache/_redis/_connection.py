@@ -189,6 +189,12 @@ class Connection:
             direct.close()
             raise
 
+    async def push_replies(self) -> None:
+        """On asyncio (plain sockets), hand replies to :attr:`on_replies` from now on,
+        as they arrive; elsewhere nothing changes (read them with :meth:`receive`)."""
+        if sniffio.current_async_library() == "asyncio" and not self.address.tls:
+            await self._write_directly()
+
     def _feed(self, data: bytes) -> None:
         """A pushing connection's data: parse it and hand the replies on."""
         self.parser.feed(data)

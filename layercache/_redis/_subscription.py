@@ -1,15 +1,16 @@
 """A pub/sub subscription to one channel: on our own connection, or through redis-py.
 
-Both give the invalidation listener the same three operations: ``receive()`` (the
-payloads of the messages that arrived; an empty list for other traffic such as PING
-replies), ``ping()`` and ``aclose()``. Both raise :class:`RedisConnectionError` when
-the subscription is lost.
+Both give the invalidation listener the same three operations: ``serve(heard, handle)``
+(runs until the subscription is lost, calling ``heard()`` on any traffic, PING replies
+included, and ``handle(payload)`` for each message), ``ping()`` and ``aclose()``. Both
+raise :class:`RedisConnectionError` when the subscription is lost. On asyncio our own
+connection hands messages over from the event loop's callback, with no task between.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -19,9 +20,12 @@ from ._address import RedisAddress
 from ._connection import Connection, pack
 from ._errors import RedisConnectionError
 
+Heard = Callable[[], None]
+Handle = Callable[[object], None]
+
 
 class Subscription(Protocol):
-    async def receive(self) -> list[object]: ...
+    async def serve(self, heard: Heard, handle: Handle) -> None: ...
 
     async def ping(self) -> None: ...
 
@@ -31,8 +35,10 @@ class Subscription(Protocol):
 class ConnectionSubscription:
     """SUBSCRIBE on a connection of our own (``url=``; asyncio and trio)."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, early: list[object]) -> None:
         self.connection = connection
+        self._early = early
+        """Messages that arrived with the SUBSCRIBE acknowledgement."""
 
     @classmethod
     async def open(
@@ -44,22 +50,40 @@ class ConnectionSubscription:
         try:
             await connection.send(pack([("SUBSCRIBE", channel)]))
             while True:
-                for reply in await connection.receive():
+                replies = await connection.receive()
+                for index, reply in enumerate(replies):
                     if _kind(reply) == b"subscribe":
-                        return cls(connection)
+                        await connection.push_replies()
+                        return cls(connection, _payloads(replies[index + 1 :]))
         except BaseException:
             await connection.aclose()
             raise
 
-    async def receive(self) -> list[object]:
-        return [
-            reply[2]
-            for reply in await self.connection.receive()
-            if _kind(reply) == b"message" and isinstance(reply, list) and len(reply) == 3
-        ]
+    async def serve(self, heard: Heard, handle: Handle) -> None:
+        connection = self.connection
+        early, self._early = self._early, []
+        for payload in early:
+            handle(payload)
+        if connection.pushes:
+
+            def on_replies(replies: list[object]) -> None:
+                heard()
+                for payload in _payloads(replies):
+                    handle(payload)
+
+            connection.on_replies = on_replies
+            raise await connection.wait_lost()
+        while True:
+            replies = await connection.receive()
+            heard()
+            for payload in _payloads(replies):
+                handle(payload)
 
     async def ping(self) -> None:
-        await self.connection.send(pack([("PING",)]))
+        if self.connection.pushes:
+            self.connection.send_nowait(pack([("PING",)]))
+        else:
+            await self.connection.send(pack([("PING",)]))
 
     async def aclose(self) -> None:
         await self.connection.aclose()
@@ -85,12 +109,13 @@ class ClientSubscription:
             await _close(pubsub)
             raise
 
-    async def receive(self) -> list[object]:
-        with _client_errors():
-            message = await self.pubsub.get_message(timeout=None)
-        if message is not None and message.get("type") == "message":
-            return [message.get("data")]
-        return []
+    async def serve(self, heard: Heard, handle: Handle) -> None:
+        while True:
+            with _client_errors():
+                message = await self.pubsub.get_message(timeout=None)
+            heard()
+            if message is not None and message.get("type") == "message":
+                handle(message.get("data"))
 
     async def ping(self) -> None:
         with _client_errors():
@@ -120,6 +145,15 @@ async def _close(pubsub: Any) -> None:
             await close()
         except Exception:  # closing a broken subscription is best effort
             pass
+
+
+def _payloads(replies: list[object]) -> list[object]:
+    """The payloads of the ``message`` replies among ``replies``."""
+    return [
+        reply[2]
+        for reply in replies
+        if _kind(reply) == b"message" and isinstance(reply, list) and len(reply) == 3
+    ]
 
 
 def _kind(reply: object) -> bytes | None:
