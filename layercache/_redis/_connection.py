@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable, Sequence
 
 import anyio
+import anyio.lowlevel
 import hiredis
 import sniffio
 from anyio.abc import ByteStream, SocketAttribute
@@ -26,6 +27,8 @@ logger = logging.getLogger("layercache.redis.transport")
 
 Command = tuple[str | bytes | int | float, ...]
 READ_SIZE = 65536
+EAGER_READS = 16
+"""Reads in a row that found data waiting before a read yields to other tasks anyway."""
 
 
 def pack(commands: Sequence[Command]) -> bytes:
@@ -60,8 +63,8 @@ class Connection:
 
     Not safe for concurrent use: its owner (the transport) is the only writer and the
     only reader. After set-up a transport's connection takes the short way where it can
-    (``direct_writes``): on trio, writes go straight into the socket and replies are
-    read by :meth:`receive`; on asyncio, a protocol of its own writes and *pushes* the
+    (``direct_writes``): on trio, :meth:`send_nowait` and :meth:`receive` go straight to
+    the socket; on asyncio, a protocol of its own writes and *pushes* the
     replies to :attr:`on_replies` as they arrive (:attr:`pushes`).
     """
 
@@ -77,6 +80,7 @@ class Connection:
         """Where a pushing connection hands the replies it parsed (in order)."""
         self._lost: anyio.Event | None = None
         self._lost_error: RedisConnectionError | None = None
+        self._eager_reads = 0
 
     @property
     def pushes(self) -> bool:
@@ -191,8 +195,9 @@ class Connection:
 
     async def push_replies(self) -> None:
         """On asyncio (plain sockets), hand replies to :attr:`on_replies` from now on,
-        as they arrive; elsewhere nothing changes (read them with :meth:`receive`)."""
-        if sniffio.current_async_library() == "asyncio" and not self.address.tls:
+        as they arrive; elsewhere (read them with :meth:`receive`), read them straight
+        from the socket."""
+        if not self.address.tls:
             await self._write_directly()
 
     def _feed(self, data: bytes) -> None:
@@ -280,8 +285,12 @@ class Connection:
 
     async def receive(self) -> list[object]:
         """Wait for data and return every complete reply it finished (maybe none)."""
-        with map_connection_errors(f"reading from {self.address.display()} failed"):
-            data = await self.stream.receive(READ_SIZE)
+        direct = self._direct
+        if direct is not None:
+            data = await self._receive_directly(direct)
+        else:
+            with map_connection_errors(f"reading from {self.address.display()} failed"):
+                data = await self.stream.receive(READ_SIZE)
         self.parser.feed(data)
         replies: list[object] = []
         try:
@@ -292,6 +301,25 @@ class Connection:
         except hiredis.ProtocolError as error:
             raise RedisConnectionError(f"protocol error from {self.address.display()}") from error
         return replies
+
+    async def _receive_directly(self, direct: socket.socket) -> bytes:
+        """Read from the duplicate socket: what is there already without waiting (a
+        stream read would yield to the scheduler twice), else once it is readable."""
+        with map_connection_errors(f"reading from {self.address.display()} failed"):
+            if self._eager_reads >= EAGER_READS:
+                self._eager_reads = 0
+                await anyio.lowlevel.checkpoint()  # a busy connection lets others run too
+            while True:
+                try:
+                    data = direct.recv(READ_SIZE)
+                except BlockingIOError:
+                    self._eager_reads = 0
+                    await anyio.wait_readable(direct)
+                    continue
+                self._eager_reads += 1
+                if not data:
+                    raise anyio.EndOfStream
+                return data
 
     async def aclose(self) -> None:
         if self._pushed is not None:
