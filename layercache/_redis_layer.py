@@ -165,6 +165,8 @@ class RedisLayer(Layer):
         self._transport: Transport | ClientTransport | None = None
         self._inbox: MemoryObjectSendStream[Request] | None = None
         self._writer: anyio.Lock | None = None
+        self._in_hand = False
+        """The actor holds requests it took from the inbox and has not sent yet."""
         self._hits = self._misses = self._writes = self._deletes = 0
         self._errors = self._corrupt = self._batches = 0
 
@@ -224,10 +226,12 @@ class RedisLayer(Layer):
         self, transport: Transport | ClientTransport, receive: MemoryObjectReceiveStream[Request]
     ) -> None:
         while True:
+            self._in_hand = False
             try:
                 batch = [receive.receive_nowait()]
             except anyio.WouldBlock:
                 batch = [await receive.receive()]
+            self._in_hand = True
             try:
                 # While a round trip is under way, let requests gather: they go out
                 # together.
@@ -331,8 +335,9 @@ class RedisLayer(Layer):
         """Post a request and wait for its reply, at most ``timeout`` seconds.
 
         The deadline travels with the request (the actor hands it to the transport,
-        whose watchdog fails the batch when it passes), so no cancel scope is needed
-        here: that keeps a request to about the cost of one channel send.
+        whose reader fails the batch when it passes), so no cancel scope is needed
+        here. When nothing is queued or under way, the request skips the actor (see
+        :meth:`_send_now`).
         """
         inbox = self._inbox
         if inbox is None:
@@ -341,11 +346,12 @@ class RedisLayer(Layer):
         deadline = anyio.current_time() + self.timeout
         request = make(reply, deadline)
         try:
-            try:
-                inbox.send_nowait(request)
-            except anyio.WouldBlock:
-                with anyio.fail_after(self.timeout):  # a full inbox: wait for room
-                    await inbox.send(request)
+            if not await self._send_now(request):
+                try:
+                    inbox.send_nowait(request)
+                except anyio.WouldBlock:
+                    with anyio.fail_after(self.timeout):  # a full inbox: wait for room
+                        await inbox.send(request)
             return await reply.wait()
         except TimeoutError as error:
             self._errors += 1
@@ -394,19 +400,39 @@ class RedisLayer(Layer):
         ``done`` may be called before this returns (no connection, say). The caller
         need not stay: nobody waits on the socket, the reader completes the read.
         """
-        transport, writer = self._transport, self._writer
-        if transport is None or writer is None or not transport.idle:
+        request = Read(tuple(keys), CallbackReply(done), anyio.current_time() + self.timeout)
+        return await self._send_now(request)
+
+    async def _send_now(self, request: Request) -> bool:
+        """Send ``request`` from the caller's task if the layer is idle: nothing in the
+        inbox, nothing in the actor's hands, no round trip under way. Nothing queued
+        earlier can then be overtaken, and the request saves a trip through the actor.
+        False, doing nothing, otherwise.
+
+        No shield needed: on an idle transport the request goes into the socket without
+        an await (one too big for the socket is finished by the transport, shielded), so
+        a cancellation cannot catch it half-sent.
+        """
+        transport, writer, inbox = self._transport, self._writer, self._inbox
+        if (
+            transport is None
+            or writer is None
+            or inbox is None
+            or self._in_hand
+            or not transport.idle
+            or inbox.statistics().current_buffer_used
+        ):
             return False
         try:
             writer.acquire_nowait()
         except anyio.WouldBlock:
             return False
-        request = Read(tuple(keys), CallbackReply(done), anyio.current_time() + self.timeout)
         try:
-            # No shield needed: on an idle transport the request goes into the socket
-            # without an await (one that did not fit is finished by the transport,
-            # shielded), so a cancellation cannot catch it half-sent.
             await self._dispatch(transport, [request])
+        except Exception:
+            # What would crash the actor: answer the request, keep the caller going.
+            logger.exception("sending a request to %r failed", self.name)
+            request.reply.fail(RedisConnectionError("the Redis layer failed to send it"))
         finally:
             writer.release()
         return True

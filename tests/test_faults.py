@@ -458,7 +458,11 @@ async def test_crashed_layer_actor_is_restarted(
                     raise RuntimeError("injected crash in the Redis layer actor")
                 await dispatch(*args)
 
+            async def never_now(request: Any) -> bool:
+                return False  # every request through the actor, which is what crashes
+
             monkeypatch.setattr(layer, "_dispatch", crash_once)
+            monkeypatch.setattr(layer, "_send_now", never_now)
             assert await cache.get("cold", returning("fetched")) == "fetched"
             assert crashes == 1
             assert await cache.get("before") == "the crash"  # the stack lives on
