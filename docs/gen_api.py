@@ -166,6 +166,15 @@ def _position(name: str) -> tuple[int, str]:
     return len(GROUPS), name
 
 
+def _is_internal(value: object) -> bool:
+    """A method whose docstring starts with "Internal": the stack's hook, not an API."""
+    function = value.__func__ if isinstance(value, staticmethod | classmethod) else value
+    if not callable(function):
+        return False
+    doc = inspect.getdoc(function) or ""
+    return doc.startswith("Internal")
+
+
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading (lower case, punctuation dropped, spaces to -)."""
     text = heading.strip().lower()
@@ -237,6 +246,7 @@ class _Renderer:
         protocols: list[str] = []
         inherited: dict[str, list[str]] = {}
         tests: list[str] = []
+        internal: list[str] = []
         attribute_docs = _attribute_docs(cls)
         for owner in cls.__mro__:
             if owner is object or owner.__module__ in ("builtins", "abc"):
@@ -261,6 +271,9 @@ class _Renderer:
                 if member.startswith("test_") and inspect.isfunction(value):
                     tests.append(member)  # a pytest class: its tests are listed by name
                     continue
+                if _is_internal(value):
+                    internal.append(member)
+                    continue
                 lines += self._member(name, module, cls, member, value, attribute_docs)
         if tests:
             listed = ", ".join(f"`{test}`" for test in tests)
@@ -283,6 +296,9 @@ class _Renderer:
         for base, members in inherited.items():
             listed = ", ".join(f"`{member}`" for member in sorted(members))
             head += [f"Inherited from [`{base}`](#{_slug(base)}): {listed}.", ""]
+        if internal:
+            listed = ", ".join(f"`{member}`" for member in sorted(internal))
+            lines += [f"Internal, for the stack's use (not an API): {listed}.", ""]
         return head + lines
 
     def _member(

@@ -173,13 +173,17 @@ class RedisSingleFlightCoordinator:
         return f"<RedisSingleFlightCoordinator {where} lease={self.lease} held={len(self._held)}>"
 
     def attach(self, keys: KeySpace) -> None:
-        """Bind to a stack, whose Redis layer's ``keys`` name the locks."""
+        """Internal (the stack's).
+
+        Bind to a stack, whose Redis layer's ``keys`` name the locks."""
         if self._keys is not None:
             raise RuntimeError("this single-flight coordinator is already in use by another stack")
         self._keys = keys
 
     def detach(self) -> None:
-        """Unbind from the stack that exited (it may then serve another)."""
+        """Internal (the stack's).
+
+        Unbind from the stack that exited (it may then serve another)."""
         self._keys = None
         self._held.clear()
         self._orphans.clear()
@@ -188,7 +192,9 @@ class RedisSingleFlightCoordinator:
     # -- the actor ---------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        """The actor: connect (a refused login fails the stack's start), then renew the
+        """Internal (the stack's).
+
+        The actor: connect (a refused login fails the stack's start), then renew the
         held locks until cancelled; on the way out, give back any still held."""
         transport: Transport | ClientTransport
         if self.address is not None:
@@ -280,7 +286,9 @@ class RedisSingleFlightCoordinator:
     # -- requests, from the loads' tasks -------------------------------------------------
 
     async def acquire(self, key: str, tags: Iterable[str]) -> str | None:
-        """Try to take ``key``'s lock: its token if taken, None if held elsewhere.
+        """Internal (the stack's).
+
+        Try to take ``key``'s lock: its token if taken, None if held elsewhere.
 
         :raises LayerUnavailableError: Redis did not answer, or refused.
         """
@@ -306,7 +314,9 @@ class RedisSingleFlightCoordinator:
         return lease.token
 
     async def release(self, key: str, token: str) -> None:
-        """Give ``key``'s lock back if it is still ours (and take the key out of the tag
+        """Internal (the stack's).
+
+        Give ``key``'s lock back if it is still ours (and take the key out of the tag
         sets if the load stored nothing). Never raises: the command is sent, not
         awaited (an unreleased lock expires with its lease); shielded and bounded by
         ``timeout``."""
@@ -339,16 +349,22 @@ class RedisSingleFlightCoordinator:
             await transport.send(commands, delivered)
 
     async def mark(self, name: str, value: str) -> None:
-        """Write ``value`` at ``name`` for a few seconds: the stack reads it back through
+        """Internal (the stack's).
+
+        Write ``value`` at ``name`` for a few seconds: the stack reads it back through
         its Redis layer to check that both talk to the same server and database."""
         await self._call([("SET", name, value, "PX", 10_000)])
 
     def lost_lock(self) -> None:
-        """Count a holder whose guarded write found its lock gone."""
+        """Internal (the stack's).
+
+        Count a holder whose guarded write found its lock gone."""
         self.lost += 1
 
     def waiting(self) -> Wait:
-        """Start a wait for a lock held elsewhere."""
+        """Internal (the stack's).
+
+        Start a wait for a lock held elsewhere."""
         self.waits += 1
         return Wait(anyio.current_time(), self.wait_timeout, self.lease)
 
@@ -372,7 +388,9 @@ class RedisSingleFlightCoordinator:
         return keys
 
     def statistics(self, state: str) -> CoordinatorStatistics:
-        """A snapshot of the counters; ``state`` is the coordinator's health as the
+        """Internal (the stack's).
+
+        A snapshot of the counters; ``state`` is the coordinator's health as the
         stack sees it."""
         return CoordinatorStatistics(
             state=state,

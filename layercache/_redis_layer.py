@@ -390,7 +390,9 @@ class RedisLayer(Layer):
         return self.serializer.dumps(value)
 
     async def read_now(self, keys: Sequence[str], done: ReadDone) -> bool:
-        """Write a read at once if the connection is idle; ``done`` gets the result.
+        """Internal (the stack's).
+
+        Write a read at once if the connection is idle; ``done`` gets the result.
 
         The fast path for a lone cold read: the calling task writes the request itself
         (a small write to an idle connection does not block), and the
@@ -438,17 +440,23 @@ class RedisLayer(Layer):
         return True
 
     async def take(self, name: str) -> bytes | None:
-        """Read and delete the raw bytes at ``name`` (a Redis name, not a key): the
+        """Internal (the stack's).
+
+        Read and delete the raw bytes at ``name`` (a Redis name, not a key): the
         stack's check that a single-flight coordinator shares this layer's server."""
         found, _ = await self._call([("GET", name), ("DEL", name)])
         return found if isinstance(found, bytes) else None
 
     def count_error(self) -> None:
-        """Count a failed request the stack saw itself (a direct read)."""
+        """Internal (the stack's).
+
+        Count a failed request the stack saw itself (a direct read)."""
         self._errors += 1
 
     async def delete_corrupt(self, keys: Sequence[str]) -> None:
-        """Delete undecodable values; a failure is logged, not raised (it is clean-up)."""
+        """Internal (the stack's).
+
+        Delete undecodable values; a failure is logged, not raised (it is clean-up)."""
         try:
             await self._call(self._delete_commands(keys), (DELETE,))
         except LayerUnavailableError as error:
@@ -476,7 +484,9 @@ class RedisLayer(Layer):
         self._writes += len(writes)
 
     async def write_locked(self, write: Write, token: str) -> bool:
-        """Store a single-flight lock holder's result, only while the key's lock still
+        """Internal (the stack's).
+
+        Store a single-flight lock holder's result, only while the key's lock still
         holds ``token``: False (nothing written) if a change to the key took it away."""
         (reply,) = await self._call([self._write_command(write, token)], (WRITE,))
         written = reply == 1

@@ -872,14 +872,32 @@ class CacheStack:
             bus_state=self._bus_state(),
             layers=tuple(self._layer_statistics()),
             coordinator=self._coordinator_statistics(),
+            **self._bus_health(),
         )
+
+    def _bus_health(self) -> dict[str, int]:
+        health = self._health.get(self._listener) if self._listener is not None else None
+        if health is None:
+            return {}
+        return {
+            "bus_errors": health.failures,
+            "bus_skipped": health.skipped,
+            "bus_dropped": health.dropped,
+        }
 
     def _coordinator_statistics(self) -> CoordinatorStatistics | None:
         distributed = self.single_flight_coordinator
         if distributed is None:
             return None
         health = self._health.get(distributed)
-        return distributed.statistics(health.state() if health is not None else "stopped")
+        if health is None or self._state != _OPEN:
+            return distributed.statistics("stopped")
+        return replace(
+            distributed.statistics(health.state()),
+            errors=health.failures,
+            skipped=health.skipped,
+            consecutive_failures=health.consecutive_failures,
+        )
 
     def _layer_statistics(self) -> Iterable[LayerStatistics]:
         for index, layer in enumerate(self._layers):

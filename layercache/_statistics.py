@@ -66,7 +66,7 @@ class CoordinatorStatistics:
 
     state: str
     """The coordinator as the stack sees it (``healthy``, ``degraded``, ``open``,
-    ``half-open``, ``restarting``)."""
+    ``half-open``, ``restarting``), or ``stopped`` outside the stack's block."""
     acquired: int
     """Locks this stack took (it fetched, or found the value just written)."""
     waits: int
@@ -80,6 +80,13 @@ class CoordinatorStatistics:
     result was not stored."""
     held: int
     """Locks held now."""
+    errors: int = 0
+    """Lock requests that failed (Redis unreachable, too slow, or an error reply)."""
+    skipped: int = 0
+    """Lock requests not sent because the coordinator was degraded or open: those loads
+    had single-flight per process only."""
+    consecutive_failures: int = 0
+    """Failures since the last success (what the circuit breaker counts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +128,10 @@ class CacheStatistics:
     ``unsubscribed``); None without a bus."""
     coordinator: CoordinatorStatistics | None = None
     """The distributed single-flight coordinator's counters; None without one."""
+    bus_errors: int = 0
+    """Publishes on the bus that failed (Redis unreachable, too slow, an error reply)."""
+    bus_skipped: int = 0
+    """Publishes not attempted because the bus was degraded or open."""
+    bus_dropped: int = 0
+    """Invalidations given up in graceful mode (skipped or failed): other instances may
+    serve the affected entries from their memory layers until those expire."""

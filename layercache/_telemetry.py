@@ -25,12 +25,15 @@ class OpenTelemetry:
     """Report a stack's metrics and load spans to OpenTelemetry
     (``CacheStack(telemetry=OpenTelemetry())``; needs ``pip install layercache[otel]``).
 
-    Metrics, each with the attribute ``layercache.stack`` (``name``):
-    ``layercache.hits`` (per ``layercache.layer``), ``layercache.misses``,
-    ``layercache.fetches``, ``layercache.fetch_errors``, ``layercache.stale_loads``,
-    ``layercache.layer.errors`` (per layer), ``layercache.invalidations`` (per
-    ``layercache.direction``: sent, received, rejected), all monotonic counters, and the
-    gauge ``layercache.loads_in_flight``.
+    Metrics, each with the attribute ``layercache.stack`` (``name``), all monotonic
+    counters but the two gauges: ``layercache.hits`` (per ``layercache.layer``),
+    ``layercache.misses``, ``layercache.fetches``, ``layercache.fetch_errors``,
+    ``layercache.stale_loads``; per layer (``layercache.layer``)
+    ``layercache.layer.misses``, ``.errors``, ``.dropped``, ``.skipped`` and ``.corrupt``;
+    ``layercache.invalidations`` (per ``layercache.direction``: sent, received,
+    rejected) and ``layercache.bus.dropped``; ``layercache.coordinator.locks`` (per
+    ``layercache.event``: acquired, waits, takeovers, timeouts, lost); the gauges
+    ``layercache.loads_in_flight`` and ``layercache.waiters``.
 
     Spans: ``layercache.load`` around each load with a fetcher, with the attributes
     ``layercache.key`` and ``layercache.source`` (the layer that had the value, or
@@ -79,8 +82,19 @@ class OpenTelemetry:
             "layercache.fetches": lambda s: [(s.fetches, {})],
             "layercache.fetch_errors": lambda s: [(s.fetch_errors, {})],
             "layercache.stale_loads": lambda s: [(s.stale_loads, {})],
-            "layercache.layer.errors": lambda s: (
-                (layer.errors, {"layercache.layer": layer.name}) for layer in s.layers
+            "layercache.layer.misses": _per_layer("misses"),
+            "layercache.layer.errors": _per_layer("errors"),
+            "layercache.layer.dropped": _per_layer("dropped"),
+            "layercache.layer.skipped": _per_layer("skipped"),
+            "layercache.layer.corrupt": _per_layer("corrupt"),
+            "layercache.bus.dropped": lambda s: [(s.bus_dropped, {})],
+            "layercache.coordinator.locks": lambda s: (
+                []
+                if s.coordinator is None
+                else [
+                    (getattr(s.coordinator, event), {"layercache.event": event})
+                    for event in ("acquired", "waits", "takeovers", "timeouts", "lost")
+                ]
             ),
             "layercache.invalidations": lambda s: [
                 (s.invalidations_sent, {"layercache.direction": "sent"}),
@@ -93,6 +107,9 @@ class OpenTelemetry:
         meter.create_observable_gauge(
             "layercache.loads_in_flight",
             callbacks=[self._callback(lambda s: [(s.loads_in_flight, {})])],
+        )
+        meter.create_observable_gauge(
+            "layercache.waiters", callbacks=[self._callback(lambda s: [(s.waiters, {})])]
         )
 
     def __repr__(self) -> str:
@@ -111,20 +128,26 @@ class OpenTelemetry:
         return observe
 
     def attach(self, statistics: Callable[[], CacheStatistics]) -> None:
-        """Report the statistics of the stack being entered (one stack at a time)."""
+        """Internal (the stack's).
+
+        Report the statistics of the stack being entered (one stack at a time)."""
         if self._in_use:
             raise RuntimeError("this OpenTelemetry hook is already in use by another stack")
         self._in_use = True
         self._statistics = statistics
 
     def detach(self) -> None:
-        """Stop reporting: the stack exited."""
+        """Internal (the stack's).
+
+        Stop reporting: the stack exited."""
         self._in_use = False
         self._statistics = None
 
     @contextmanager
     def load_span(self, key: str) -> Iterator[Callable[[str | None], None]]:
-        """Run a load in a span; the caller reports where the value came from."""
+        """Internal (the stack's).
+
+        Run a load in a span; the caller reports where the value came from."""
         attributes = {"layercache.stack": self.name}
         if self.record_keys:
             attributes["layercache.key"] = key
@@ -134,3 +157,10 @@ class OpenTelemetry:
                 span.set_attribute("layercache.source", layer or "fetcher")
 
             yield source
+
+
+def _per_layer(field: str) -> Callable[[CacheStatistics], Iterable[tuple[int, dict[str, str]]]]:
+    """A reader of one :class:`~layercache.LayerStatistics` counter, per layer."""
+    return lambda s: (
+        (getattr(layer, field), {"layercache.layer": layer.name}) for layer in s.layers
+    )

@@ -7,6 +7,7 @@ counted as received is already applied to the local layers: nothing more to wait
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,7 +16,13 @@ from typing import Any
 import anyio
 import pytest
 
-from layercache import CacheStack, MemoryLayer, RedisInvalidationBus, RedisLayer
+from layercache import (
+    CacheStack,
+    GracefulDegradation,
+    MemoryLayer,
+    RedisInvalidationBus,
+    RedisLayer,
+)
 from layercache._bus import (
     MAX_MESSAGE,
     BusMessage,
@@ -238,6 +245,26 @@ async def test_resubscription_after_a_redis_restart_clears_l1(own_redis_server: 
         with anyio.fail_after(20):
             await _listener(b).wait_resubscribed(1)
         assert not _in_l1(b, "k")  # it may have missed an invalidation: L1 starts over
+
+
+@pytest.mark.anyio
+async def test_invalidations_given_up_are_counted() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens there
+    bus = RedisInvalidationBus(dead, timeout=0.2)
+    stack = CacheStack(
+        [MemoryLayer()],
+        invalidation_bus=bus,
+        graceful_degradation=GracefulDegradation(retry_after=60),
+    )
+    with anyio.fail_after(10):
+        async with stack as cache:
+            await cache.set("k", 1)  # the publish fails: the bus is degraded
+            await cache.delete("k")  # not even tried
+            stats = cache.statistics()
+    assert (stats.bus_errors, stats.bus_skipped, stats.bus_dropped) == (1, 1, 2)
+    assert stats.bus_state == "degraded"
 
 
 @pytest.mark.anyio

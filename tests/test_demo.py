@@ -46,7 +46,8 @@ def assert_every_incident_prevented(out: str) -> None:
     # and every caller of an instance gets the same object.
     assert f"without a cache:         A {CALLERS} origin queries" in out
     per_instance = out.split("memory + Redis:")[1].split("+ the coordinator:")[0]
-    assert per_instance.count(f"1 origin query, {CALLERS} callers got 1 distinct object") == 2
+    assert per_instance.count(f"{CALLERS} callers got 1 distinct object") == 2
+    assert per_instance.count("1 origin query,") + per_instance.count("0 origin queries,") == 2
     coordinated = out.split("+ the coordinator:")[1].split("[2/4]")[0]
     assert coordinated.count(f"{CALLERS} callers got 1 distinct object") == 2
     assert coordinated.count("1 origin query,") == 1
@@ -187,10 +188,14 @@ def test_stampede_verdict() -> None:
     assert good.result().with_ == "1 origin query for 200 callers on 2 instances"
     twice = StampedeFigures(crowds, (crowd(2, distinct=2), crowd(1)), (crowd(1), crowd(1)))
     assert twice.result().problems == (
-        "without the coordinator A and B made 3 origin queries, expected 2",
+        "without the coordinator A and B made 3 origin queries, expected 1 or 2",
+        "without the coordinator instance A made 2 origin queries",
         "without the coordinator instance A handed its callers 2 distinct objects, expected 1",
         "with the coordinator A and B made 2 origin queries, expected 1",
     )
+    # Without the coordinator, B may find A's value in Redis already: fine.
+    b_found_it = StampedeFigures(crowds, (crowd(1), crowd(0)), (crowd(0), crowd(1)))
+    assert b_found_it.result().problems == ()
     no_stampede = StampedeFigures(
         (crowd(1), crowd(100, distinct=100)), (crowd(1), crowd(1)), (crowd(1), crowd(0))
     )

@@ -378,6 +378,15 @@ async def test_unreachable_coordinator_degrades_to_local_single_flight(
             assert stats is not None
             assert stats.state == "degraded"
             assert stats.acquired == 0
+            assert (stats.errors, stats.skipped, stats.consecutive_failures) == (1, 0, 1)
+            await cache.delete("k")
+            assert await cache.get("k", fetch) == "v"  # degraded: not even tried
+            stats = cache.statistics().coordinator
+            assert stats is not None
+            assert (stats.errors, stats.skipped) == (1, 1)
+        stats = cache.statistics().coordinator
+        assert stats is not None
+        assert stats.state == "stopped"
 
 
 async def test_unreachable_coordinator_raises_in_strict_mode(

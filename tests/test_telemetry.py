@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import pytest
@@ -18,7 +19,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from layercache import CacheStack, MemoryLayer, OpenTelemetry
+from layercache import (
+    CacheStack,
+    MemoryLayer,
+    OpenTelemetry,
+    RedisLayer,
+    RedisSingleFlightCoordinator,
+)
+from layercache.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +80,12 @@ async def test_metrics_follow_the_statistics(
     assert metrics[("layercache.loads_in_flight", (stack,))] == 0
     sent = (("layercache.direction", "sent"), stack)
     assert metrics[("layercache.invalidations", sent)] == 0
+    l1 = (("layercache.layer", "l1"), stack)
+    assert metrics[("layercache.layer.misses", l1)] >= 2
+    assert metrics[("layercache.layer.dropped", l1)] == 0
+    assert metrics[("layercache.waiters", (stack,))] == 0
+    assert metrics[("layercache.bus.dropped", (stack,))] == 0
+    assert not any(name == "layercache.coordinator.locks" for name, _ in metrics)
     # Once the stack has exited there is nothing left to observe.
     assert not any(name == "layercache.fetches" for name, _ in _metrics(reader))
 
@@ -155,3 +169,25 @@ def test_a_stack_without_the_hook_does_not_import_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_coordinator_lock_events_are_metrics(
+    otel: tuple[OpenTelemetry, InMemoryMetricReader, InMemorySpanExporter],
+    redis_server: RedisServer,
+) -> None:
+    hook, reader, _ = otel
+    prefix = f"otel:{uuid.uuid4().hex[:8]}:"
+
+    async def fetch() -> str:
+        return "v"
+
+    async with CacheStack(
+        [MemoryLayer(), RedisLayer(url=redis_server.url, prefix=prefix)],
+        single_flight_coordinator=RedisSingleFlightCoordinator(redis_server.url),
+        telemetry=hook,
+    ) as cache:
+        assert await cache.get("k", fetch) == "v"
+        metrics = _metrics(reader)
+    stack = ("layercache.stack", "catalog")
+    assert metrics[("layercache.coordinator.locks", (("layercache.event", "acquired"), stack))] == 1
+    assert metrics[("layercache.coordinator.locks", (("layercache.event", "lost"), stack))] == 0

@@ -22,24 +22,33 @@ from ._stacks import clear_prefix, instance, new_prefix
 KEY = "products:listing"
 
 
+POOL = 50
+"""Connections of the stand-in database: queries beyond that many wait their turn."""
+
+
 @dataclass
 class Origin:
-    """A stand-in for a database: counts queries and takes ``latency`` per query."""
+    """A stand-in for a database: counts queries, takes ``latency`` per query, and
+    runs at most :data:`POOL` at once (as a real one's connection pool would)."""
 
     latency: float
     queries: int = 0
     in_flight: int = 0
     peak: int = 0
+    pool: anyio.Semaphore | None = None
 
     async def listing(self) -> dict[str, object]:
         self.queries += 1
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            await anyio.sleep(self.latency)
-            return {"products": [f"product:{n}" for n in range(20)], "query": self.queries}
-        finally:
-            self.in_flight -= 1
+        if self.pool is None:
+            self.pool = anyio.Semaphore(POOL)
+        async with self.pool:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                await anyio.sleep(self.latency)
+                return {"products": [f"product:{n}" for n in range(20)], "query": self.queries}
+            finally:
+                self.in_flight -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +88,21 @@ class StampedeFigures:
                 f"without a cache {callers} callers made {without} queries: "
                 "the stampede was not reproduced"
             )
-        for setup, crowds, expected in (
+        for setup, crowds, most in (
             ("without the coordinator", self.per_instance, 2),
             ("with the coordinator", self.coordinated, 1),
         ):
+            # Without the coordinator each instance queries at most once (the second
+            # may find the first one's value in Redis already); with it, once in all.
             queries = sum(crowd.queries for crowd in crowds)
-            if queries != expected:
+            if not 1 <= queries <= most:
+                expected = "1 or 2" if most == 2 else "1"
                 problems.append(
                     f"{setup} A and B made {queries} origin queries, expected {expected}"
                 )
             for name, crowd in zip("AB", crowds, strict=True):
+                if crowd.queries > 1:
+                    problems.append(f"{setup} instance {name} made {crowd.queries} origin queries")
                 if crowd.distinct_objects != 1:
                     problems.append(
                         f"{setup} instance {name} handed its callers "
@@ -131,7 +145,10 @@ async def stampede(redis_url: str, callers: int, origin_latency: float) -> Resul
         f"[1/4] Stampede: {callers} concurrent callers on each of two instances, A and B, "
         "ask for one expired key"
     )
-    say(f"      at the same moment (the origin takes {duration(origin_latency)} a query)")
+    say(
+        f"      at the same moment (the origin takes {duration(origin_latency)} a query, "
+        f"{POOL} at a time)"
+    )
     no_cache = await _two_crowds(callers, origin_latency, None, None)
     say(f"      without a cache:         A {no_cache[0].describe()}")
     say(f"                               B {no_cache[1].describe()}")
