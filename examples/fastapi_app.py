@@ -9,18 +9,21 @@ Run it (after ``pip install -e '.[examples]'``, from the repository root)::
 then, from another shell::
 
     curl localhost:8000/articles/1                      # a database query, then cache hits
-    curl localhost:8000/authors/7/articles
+    curl localhost:8000/authors/7/articles              # cached, tagged "author:7"
+    curl -X POST localhost:8000/tags/author:7/invalidate   # "invalidated": 1 (the list)
+    curl localhost:8000/authors/7/articles              # a database query again
     curl -X PUT localhost:8000/articles/1 -H 'content-type: application/json' \\
          -d '{"title": "Layers, revised"}'              # database, then cache.set
     curl -X DELETE localhost:8000/articles/2            # database, then cache.delete
-    curl -X POST localhost:8000/tags/author:7/invalidate
-    curl localhost:8000/stats
+    curl localhost:8000/stats                           # hits, misses, database queries
 
 Without a URL (``--redis-url`` or ``$LAYERCACHE_REDIS_URL``) the lifespan starts an
 embedded Redis-protocol server for the app's lifetime. The stack is opened in the
 lifespan, so its actors start before the first request and stop after the last one;
-endpoints reach it through a dependency. Tests import :func:`create_app` and drive it
-with a client that runs the lifespan (Starlette's ``TestClient``).
+endpoints reach it through a dependency. ``tests/test_examples.py`` imports
+:func:`create_app` and drives it in-process, on asyncio and trio, with an
+``httpx.AsyncClient`` over ``httpx.ASGITransport`` inside asgi-lifespan's
+``LifespanManager`` (which runs the lifespan); it also serves the app with uvicorn.
 """
 
 from __future__ import annotations
