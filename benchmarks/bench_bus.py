@@ -32,11 +32,11 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
-import sniffio
 from _machine import cpu_model, source_revision, version
 from _results import Comparison, Report, Table, Verdict, capture_stdout
 
 from layercache import CacheStack, MemoryLayer, RedisInvalidationBus, RedisLayer, Write
+from layercache._backend import running_library
 from layercache._bus import BusMessage
 from layercache._redis._address import parse_redis_url
 from layercache._redis._connection import Connection, pack
@@ -148,7 +148,7 @@ class _Peer:
 
 
 async def _peer(stack: AsyncExitStack, url: str, channel: str, mode: str, prefix: str) -> _Peer:
-    peer = _Peer(url, channel, mode, prefix, sniffio.current_async_library())
+    peer = _Peer(url, channel, mode, prefix, running_library())
     stack.callback(peer.stop)
     if await peer.next_line() != "ready":
         raise RuntimeError("the peer process did not start")

@@ -11,6 +11,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from ._backend import running_library
+
 Clock = Callable[[], float]
 """A zero-argument callable returning seconds on a monotonic scale."""
 
@@ -26,13 +28,7 @@ def loop_clock() -> Clock:
     ``time.perf_counter`` for trio's ``SystemClock``, 40 ns instead of 80-170 ns).
     A mock or custom loop clock is always called as it is.
     """
-    try:
-        import sniffio  # installed with trio; absent means asyncio
-    except ImportError:  # pragma: no cover - trio is not installed
-        library = "asyncio"
-    else:
-        library = sniffio.current_async_library()
-    if library == "trio":
+    if running_library() == "trio":
         import trio
 
         clock = trio.lowlevel.current_clock()

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -409,3 +410,35 @@ def test_embedded_on_a_given_port() -> None:
     port = server_module._free_port()
     with EmbeddedRedis(port) as server:
         assert server.url == f"redis://127.0.0.1:{port}"
+
+
+def test_asyncio_needs_neither_trio_nor_sniffio(redis_server: RedisServer) -> None:
+    """anyio alone is a dependency: trio (and sniffio, which comes with it) are extras."""
+    code = f"""
+import sys
+sys.modules["sniffio"] = None  # as if not installed
+sys.modules["trio"] = None
+import anyio
+from layercache import CacheStack, MemoryLayer, RedisInvalidationBus, RedisLayer
+from layercache import RedisSingleFlightCoordinator
+URL = {redis_server.url!r}
+
+async def main() -> None:
+    async with CacheStack(
+        [MemoryLayer(), RedisLayer(url=URL, prefix="no-trio:")],
+        invalidation_bus=RedisInvalidationBus(URL, channel="no-trio"),
+        single_flight_coordinator=RedisSingleFlightCoordinator(URL),
+    ) as cache:
+        async def fetch() -> int:
+            return 42
+        assert await cache.get("k", fetch) == 42
+        await cache.clear()
+    print("ok")
+
+anyio.run(main)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -15,17 +15,10 @@ import anyio
 import hiredis
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._backend import running_library
 from ._connection import Command
 from ._errors import RedisConfigurationError, RedisConnectionError
 from ._transport import Deliver, IdleSignal, call
-
-
-def _running_on_trio() -> bool:
-    try:
-        import sniffio
-    except ImportError:  # pragma: no cover
-        return False
-    return sniffio.current_async_library() == "trio"
 
 
 class ClientTransport:
@@ -43,7 +36,7 @@ class ClientTransport:
         return f"<ClientTransport {self.client!r}>"
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        if _running_on_trio():
+        if running_library() == "trio":
             raise TypeError(
                 "RedisLayer(client=...) takes a redis.asyncio client, which runs on asyncio "
                 "only; under trio pass url='redis://...' instead"

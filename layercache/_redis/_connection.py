@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.lowlevel
 import hiredis
-import sniffio
 from anyio.abc import ByteStream, SocketAttribute
 
+from .._backend import running_library
 from ._address import RedisAddress
 from ._errors import (
     RedisConfigurationError,
@@ -181,7 +181,7 @@ class Connection:
             os.close(duplicate)
             raise
         direct.setblocking(False)
-        if sniffio.current_async_library() != "asyncio":
+        if running_library() != "asyncio":
             self._direct = direct
             return
         self._lost = anyio.Event()
