@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis_layer import DEFAULT_TIMEOUT
+from ._serializers import JsonSerializer
 from ._validation import check_key, check_tag, check_ttl
 
+_JSON = JsonSerializer()
+"""The messages' JSON (orjson when installed): what the values use too."""
 MAGIC = b"LCI1"
 MAX_MESSAGE = 64 * 1024
 """Largest message sent or accepted, in bytes; longer key lists are split."""
@@ -50,11 +52,9 @@ class BusMessage:
 
 
 def encode(message: BusMessage, secret: bytes | None) -> bytes:
-    body = json.dumps(
-        {"o": message.origin, "op": message.op, "k": list(message.keys), "t": message.tag},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    body = _JSON.dumps(
+        {"o": message.origin, "op": message.op, "k": list(message.keys), "t": message.tag}
+    )
     if secret is None:
         data = MAGIC + _UNSIGNED + body
     else:
@@ -66,7 +66,7 @@ def encode(message: BusMessage, secret: bytes | None) -> bytes:
 
 def origin_marker(origin: str) -> bytes:
     """How the body of every message :func:`encode` makes for ``origin`` begins."""
-    return b'{"o":' + json.dumps(origin, ensure_ascii=False).encode() + b","
+    return _JSON.dumps({"o": origin})[:-1] + b","
 
 
 def sent_by(data: object, marker: bytes) -> bool:
@@ -122,7 +122,9 @@ def decode(data: object, secret: bytes | None) -> BusMessage:
     else:
         raise Rejected("malformed")
     try:
-        fields = json.loads(body)
+        fields = _JSON.loads(body)
+        if not isinstance(fields, dict):
+            raise Rejected("malformed")
         origin, op, keys, tag = fields["o"], fields["op"], fields["k"], fields["t"]
         if not isinstance(origin, str) or op not in OPERATIONS or not isinstance(keys, list):
             raise Rejected("malformed")

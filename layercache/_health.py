@@ -98,6 +98,8 @@ class LayerHealth:
         :returns: None for "no" (skip it, or fail fast in strict mode); otherwise
             whether the request is the half-open breaker's probe, to pass back.
         """
+        if self._open_until is None and self._degraded_until is None and not self._restarting:
+            return False  # healthy, and nothing can have changed: the common case, cheap
         if self._restarting:
             return None
         now = self.clock()
@@ -113,6 +115,13 @@ class LayerHealth:
         return probe
 
     def succeeded(self, probe: bool) -> None:
+        if (
+            not probe
+            and self.consecutive_failures == 0
+            and self._degraded_until is None
+            and self._open_until is None
+        ):
+            return  # healthy before, healthy still
         if probe:
             self._probing = False
         self.consecutive_failures = 0
