@@ -165,8 +165,9 @@ class RedisLayer(Layer):
         self._transport: Transport | ClientTransport | None = None
         self._inbox: MemoryObjectSendStream[Request] | None = None
         self._writer: anyio.Lock | None = None
-        self._in_hand = False
-        """The actor holds requests it took from the inbox and has not sent yet."""
+        self._queued = 0
+        """Requests posted to the inbox and not yet sent by the actor (including one
+        handed straight to the actor while it waited, not in the inbox's buffer)."""
         self._hits = self._misses = self._writes = self._deletes = 0
         self._errors = self._corrupt = self._batches = 0
 
@@ -206,6 +207,7 @@ class RedisLayer(Layer):
             else:
                 self._transport = transport
                 self._inbox = send
+                self._queued = 0
                 # One writer at a time: the actor, or a task writing a read directly.
                 self._writer = anyio.Lock(fast_acquire=True)
                 task_status.started()
@@ -226,12 +228,10 @@ class RedisLayer(Layer):
         self, transport: Transport | ClientTransport, receive: MemoryObjectReceiveStream[Request]
     ) -> None:
         while True:
-            self._in_hand = False
             try:
                 batch = [receive.receive_nowait()]
             except anyio.WouldBlock:
                 batch = [await receive.receive()]
-            self._in_hand = True
             try:
                 # While a round trip is under way, let requests gather: they go out
                 # together.
@@ -251,6 +251,8 @@ class RedisLayer(Layer):
                 for request in batch:
                     request.reply.fail(error)
                 raise
+            finally:
+                self._queued -= len(batch)
 
     async def _dispatch(self, transport: Transport | ClientTransport, batch: list[Request]) -> None:
         now = anyio.current_time()
@@ -352,6 +354,7 @@ class RedisLayer(Layer):
                 except anyio.WouldBlock:
                     with anyio.fail_after(self.timeout):  # a full inbox: wait for room
                         await inbox.send(request)
+                self._queued += 1
             return await reply.wait()
         except TimeoutError as error:
             self._errors += 1
@@ -406,8 +409,8 @@ class RedisLayer(Layer):
         return await self._send_now(request)
 
     async def _send_now(self, request: Request) -> bool:
-        """Send ``request`` from the caller's task if the layer is idle: nothing in the
-        inbox, nothing in the actor's hands, no round trip under way. Nothing queued
+        """Send ``request`` from the caller's task if the layer is idle: no request
+        posted to the actor and not yet sent, no round trip under way. Nothing queued
         earlier can then be overtaken, and the request saves a trip through the actor.
         False, doing nothing, otherwise.
 
@@ -420,9 +423,8 @@ class RedisLayer(Layer):
             transport is None
             or writer is None
             or inbox is None
-            or self._in_hand
+            or self._queued
             or not transport.idle
-            or inbox.statistics().current_buffer_used
         ):
             return False
         try:
