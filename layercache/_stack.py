@@ -202,29 +202,23 @@ class CacheStack:
                 part.detach()
             raise
         self._task_group = task_group
-        self._health = {
-            layer: LayerHealth(
-                layer.name,
-                degradation=self.graceful_degradation,
-                breaker=self.circuit_breaker,
-                clock=clock,
-            )
-            for layer in self._layers
-        }
+        self._health = {}
         try:
             for layer in self._layers:
-                health = self._health[layer]
-                supervisor = Supervisor(
-                    f"layer {layer.name!r}",
-                    layer.run,
-                    on_crash=health.crashed,
-                    on_restart=health.restarted,
+                await self._start_supervised(
+                    task_group, layer, layer.name, f"layer {layer.name!r}", layer.run, clock
                 )
-                await task_group.start(supervisor.run, name=f"layercache layer {layer.name!r}")
             coordinator = Supervisor("coordinator", self._coordinator.run)
             await task_group.start(coordinator.run, name="layercache coordinator")
             if distributed is not None:
-                await self._start_distributed(task_group, distributed, clock)
+                await self._start_supervised(
+                    task_group,
+                    distributed,
+                    distributed.name,
+                    "single-flight coordinator",
+                    distributed.run,
+                    clock,
+                )
                 assert self._lock_layer is not None
                 await _check_same_server(distributed, self._lock_layer)
             if bus is not None:
@@ -237,23 +231,23 @@ class CacheStack:
             self._fast_read = self._local[0].reader(MISSING)
         return self
 
-    async def _start_distributed(
-        self, task_group: TaskGroup, distributed: RedisSingleFlightCoordinator, clock: Clock
+    async def _start_supervised(
+        self,
+        task_group: TaskGroup,
+        part: object,
+        name: str,
+        label: str,
+        run: Callable[..., Awaitable[None]],
+        clock: Clock,
     ) -> None:
+        """Start ``run``, an actor of ``part`` (a remote part: layer, bus, coordinator),
+        under a supervisor, with the health record its requests go through."""
         health = LayerHealth(
-            distributed.name,
-            degradation=self.graceful_degradation,
-            breaker=self.circuit_breaker,
-            clock=clock,
+            name, degradation=self.graceful_degradation, breaker=self.circuit_breaker, clock=clock
         )
-        self._health[distributed] = health
-        supervisor = Supervisor(
-            "single-flight coordinator",
-            distributed.run,
-            on_crash=health.crashed,
-            on_restart=health.restarted,
-        )
-        await task_group.start(supervisor.run, name="layercache single-flight coordinator")
+        self._health[part] = health
+        supervisor = Supervisor(label, run, on_crash=health.crashed, on_restart=health.restarted)
+        await task_group.start(supervisor.run, name=f"layercache {label}")
 
     async def _start_listener(
         self, task_group: TaskGroup, bus: RedisInvalidationBus, clock: Clock
@@ -265,20 +259,9 @@ class CacheStack:
             on_resubscribed=self._resubscribed,
             start_disconnected=self.graceful_degradation is not None,
         )
-        health = LayerHealth(
-            listener.name,
-            degradation=self.graceful_degradation,
-            breaker=self.circuit_breaker,
-            clock=clock,
+        await self._start_supervised(
+            task_group, listener, listener.name, "invalidation listener", listener.run, clock
         )
-        self._health[listener] = health
-        supervisor = Supervisor(
-            "invalidation listener",
-            listener.run,
-            on_crash=health.crashed,
-            on_restart=health.restarted,
-        )
-        await task_group.start(supervisor.run, name="layercache invalidation listener")
         self._listener = listener
 
     async def __aexit__(

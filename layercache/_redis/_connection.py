@@ -202,15 +202,10 @@ class Connection:
 
     def _feed(self, data: bytes) -> None:
         """A pushing connection's data: parse it and hand the replies on."""
-        self.parser.feed(data)
-        replies: list[object] = []
         try:
-            reply = self.parser.gets()
-            while reply is not False:
-                replies.append(reply)
-                reply = self.parser.gets()
-        except hiredis.ProtocolError:
-            self.abort(RedisConnectionError(f"protocol error from {self.address.display()}"))
+            replies = self._parse(data)
+        except RedisConnectionError as error:
+            self.abort(error)
             return
         if replies and self.on_replies is not None:
             self.on_replies(replies)
@@ -291,6 +286,10 @@ class Connection:
         else:
             with map_connection_errors(f"reading from {self.address.display()} failed"):
                 data = await self.stream.receive(READ_SIZE)
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> list[object]:
+        """Every complete reply ``data`` finishes (maybe none)."""
         self.parser.feed(data)
         replies: list[object] = []
         try:
