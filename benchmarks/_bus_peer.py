@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import anyio
 
@@ -27,37 +28,65 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+class Subscriber:
+    """A bare SUBSCRIBE on a connection of its own (the raw peer's receiving side)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def open(cls, url: str, channel: str) -> Subscriber:
+        connection = await Connection.open(parse_redis_url(url))
+        await connection.send(pack([("SUBSCRIBE", channel)]))
+        await connection.receive()
+        return cls(connection)
+
+    async def had_it_at(self) -> float:
+        """When the next message arrived."""
+        while True:
+            for reply in await self.connection.receive():
+                if isinstance(reply, list) and reply[0] == b"message":
+                    return time.perf_counter()
+
+
+def layers(url: str, prefix: str, with_redis: bool) -> list[MemoryLayer | RedisLayer]:
+    """Each instance's layers: memory, and with ``with_redis`` the shared Redis layer."""
+    if with_redis:
+        return [MemoryLayer(), RedisLayer(url=url, prefix=prefix)]
+    return [MemoryLayer()]
+
+
+def stamp_invalidations(b: CacheStack, stamped: Callable[[float], None]) -> None:
+    """Have B hold key k in its memory layer, and call ``stamped(when)`` each time a
+    message made it drop k (then hold k again, for the next round)."""
+    listener = b._listener
+    assert listener is not None
+    memory = b.layers[0]
+    assert isinstance(memory, MemoryLayer)
+    apply = listener._apply
+
+    def apply_and_stamp(message: BusMessage) -> None:
+        apply(message)
+        applied = time.perf_counter()
+        assert "k" not in memory.get_many_nowait(["k"])
+        memory.write_many_nowait([Write("k", 0, None)])
+        stamped(applied)
+
+    listener._apply = apply_and_stamp
+    memory.write_many_nowait([Write("k", 0, None)])
+
+
 async def raw(url: str, channel: str) -> None:
-    subscriber = await Connection.open(parse_redis_url(url))
-    await subscriber.send(pack([("SUBSCRIBE", channel)]))
-    await subscriber.receive()
+    subscriber = await Subscriber.open(url, channel)
     say("ready")
     while True:
-        for reply in await subscriber.receive():
-            if isinstance(reply, list) and reply[0] == b"message":
-                say(repr(time.perf_counter()))
+        say(repr(await subscriber.had_it_at()))
 
 
 async def stack(url: str, channel: str, prefix: str, with_redis: bool) -> None:
-    layers: list[MemoryLayer | RedisLayer] = [MemoryLayer()]
-    if with_redis:
-        layers.append(RedisLayer(url=url, prefix=prefix))
-    async with CacheStack(layers, invalidation_bus=RedisInvalidationBus(url, channel=channel)) as b:
-        listener = b._listener
-        assert listener is not None
-        memory = b.layers[0]
-        assert isinstance(memory, MemoryLayer)
-        apply = listener._apply
-
-        def apply_and_stamp(message: BusMessage) -> None:
-            apply(message)
-            applied = time.perf_counter()
-            assert "k" not in memory.get_many_nowait(["k"])
-            memory.write_many_nowait([Write("k", 0, None)])  # held again for the next round
-            say(repr(applied))
-
-        listener._apply = apply_and_stamp
-        memory.write_many_nowait([Write("k", 0, None)])
+    bus = RedisInvalidationBus(url, channel=channel)
+    async with CacheStack(layers(url, prefix, with_redis), invalidation_bus=bus) as b:
+        stamp_invalidations(b, lambda applied: say(repr(applied)))
         say("ready")
         await anyio.sleep_forever()
 

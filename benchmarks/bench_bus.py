@@ -29,15 +29,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
+from _bus_peer import Subscriber, layers, stamp_invalidations
 from _machine import cpu_model, source_revision, version
 from _results import Comparison, Report, Table, Verdict, capture_stdout
 
-from layercache import CacheStack, MemoryLayer, RedisInvalidationBus, RedisLayer, Write
+from layercache import CacheStack, RedisInvalidationBus
 from layercache._backend import running_library
-from layercache._bus import BusMessage
 from layercache._redis._address import parse_redis_url
 from layercache._redis._connection import Connection, pack
 from layercache.testing import RedisServer
@@ -47,75 +48,31 @@ Round = Callable[[int], Awaitable[float]]
 """One round; returns the delivery time in seconds."""
 
 
-async def _raw_round_trip(stack: AsyncExitStack, url: str, write_first: bool) -> Round:
-    address = parse_redis_url(url)
-    channel = f"bench-raw:{uuid.uuid4().hex}"
-    publisher = await Connection.open(address)
-    subscriber = await Connection.open(address)
-    stack.push_async_callback(publisher.aclose)
-    stack.push_async_callback(subscriber.aclose)
-    await subscriber.send(pack([("SUBSCRIBE", channel)]))
-    await subscriber.receive()
-
-    async def one(n: int) -> float:
-        started = time.perf_counter()
-        if write_first:
-            await publisher.send(pack([("SET", f"bench-raw:{channel}", b"v%d" % n)]))
-            while not await publisher.receive():
-                pass
-        await publisher.send(pack([("PUBLISH", channel, b"k%d" % n)]))
-        got = False
-        while not got:
-            for reply in await subscriber.receive():
-                got = got or (isinstance(reply, list) and reply[0] == b"message")
-        delivered = time.perf_counter() - started
-        while not await publisher.receive():  # the PUBLISH reply, so the next round starts clean
-            pass
-        return delivered
-
-    return one
+class _Receiver(Protocol):
+    async def had_it_at(self) -> float:
+        """When B had the next invalidation (``time.perf_counter()``)."""
+        ...
 
 
-async def _stacks(stack: AsyncExitStack, url: str, with_redis: bool) -> Round:
-    prefix = f"bench-bus:{uuid.uuid4().hex[:8]}:"
-    channel = f"{prefix}invalidation"
+class _LocalB:
+    """Instance B on this event loop."""
 
-    def layers() -> list[MemoryLayer | RedisLayer]:
-        if with_redis:
-            return [MemoryLayer(), RedisLayer(url=url, prefix=prefix)]
-        return [MemoryLayer()]
+    def __init__(self, b: CacheStack) -> None:
+        listener = b._listener
+        assert listener is not None
+        self._listener = listener
+        self._expected = listener.received
+        self._applied = 0.0
 
-    a = await stack.enter_async_context(
-        CacheStack(layers(), invalidation_bus=RedisInvalidationBus(url, channel=channel))
-    )
-    b = await stack.enter_async_context(
-        CacheStack(layers(), invalidation_bus=RedisInvalidationBus(url, channel=channel))
-    )
-    listener = b._listener
-    assert listener is not None
-    memory = b.layers[0]
-    assert isinstance(memory, MemoryLayer)
-    # The moment B has dropped k: the listener's apply hook returns right after B's
-    # memory layer applied the message.
-    applied = [0.0]
-    apply = listener._apply
+        def stamped(applied: float) -> None:
+            self._applied = applied
 
-    def apply_and_stamp(message: BusMessage) -> None:
-        apply(message)
-        applied[0] = time.perf_counter()
+        stamp_invalidations(b, stamped)
 
-    listener._apply = apply_and_stamp
-
-    async def one(n: int) -> float:
-        memory.write_many_nowait([Write("k", n, None)])  # B holds k (no bus message)
-        expected = listener.received + 1
-        started = time.perf_counter()
-        await a.set("k", n)
-        await listener.wait_received(expected)
-        assert "k" not in memory.get_many_nowait(["k"])
-        return applied[0] - started
-
-    return one
+    async def had_it_at(self) -> float:
+        self._expected += 1
+        await self._listener.wait_received(self._expected)
+        return self._applied
 
 
 class _Peer:
@@ -155,11 +112,17 @@ async def _peer(stack: AsyncExitStack, url: str, channel: str, mode: str, prefix
     return peer
 
 
-async def _raw_to_process(stack: AsyncExitStack, url: str, write_first: bool) -> Round:
-    address = parse_redis_url(url)
+async def _raw(stack: AsyncExitStack, url: str, write_first: bool, processes: bool) -> Round:
+    """A bare PUBLISH (after a bare SET with ``write_first``) to a bare subscriber."""
     channel = f"bench-raw:{uuid.uuid4().hex}"
-    peer = await _peer(stack, url, channel, "raw", "")
-    publisher = await Connection.open(address)
+    receiver: _Receiver
+    if processes:
+        receiver = await _peer(stack, url, channel, "raw", "")
+    else:
+        subscriber = await Subscriber.open(url, channel)
+        stack.push_async_callback(subscriber.connection.aclose)
+        receiver = subscriber
+    publisher = await Connection.open(parse_redis_url(url))
     stack.push_async_callback(publisher.aclose)
 
     async def one(n: int) -> float:
@@ -169,48 +132,46 @@ async def _raw_to_process(stack: AsyncExitStack, url: str, write_first: bool) ->
             while not await publisher.receive():
                 pass
         await publisher.send(pack([("PUBLISH", channel, b"k%d" % n)]))
-        while not await publisher.receive():
+        delivered = await receiver.had_it_at() - started
+        while not await publisher.receive():  # the PUBLISH reply, so the next round starts clean
             pass
-        return await peer.had_it_at() - started
+        return delivered
 
     return one
 
 
-async def _stack_to_process(stack: AsyncExitStack, url: str, with_redis: bool) -> Round:
+async def _stacks(stack: AsyncExitStack, url: str, with_redis: bool, processes: bool) -> Round:
+    """``a.set(k)`` on A until B has dropped k."""
     prefix = f"bench-bus:{uuid.uuid4().hex[:8]}:"
     channel = f"{prefix}invalidation"
-    peer = await _peer(stack, url, channel, "stack+redis" if with_redis else "stack", prefix)
-    layers: list[MemoryLayer | RedisLayer] = [MemoryLayer()]
-    if with_redis:
-        layers.append(RedisLayer(url=url, prefix=prefix))
-    a = await stack.enter_async_context(
-        CacheStack(layers, invalidation_bus=RedisInvalidationBus(url, channel=channel))
-    )
+    receiver: _Receiver
+    if processes:
+        mode = "stack+redis" if with_redis else "stack"
+        receiver = await _peer(stack, url, channel, mode, prefix)
+    else:
+        bus = RedisInvalidationBus(url, channel=channel)
+        b = CacheStack(layers(url, prefix, with_redis), invalidation_bus=bus)
+        receiver = _LocalB(await stack.enter_async_context(b))
+    bus = RedisInvalidationBus(url, channel=channel)
+    a = CacheStack(layers(url, prefix, with_redis), invalidation_bus=bus)
+    a = await stack.enter_async_context(a)
 
     async def one(n: int) -> float:
         started = time.perf_counter()
         await a.set("k", n)
-        return await peer.had_it_at() - started
+        return await receiver.had_it_at() - started
 
     return one
 
 
 async def _measure(url: str, rounds: int, runs: int, processes: bool) -> dict[str, float]:
     async with AsyncExitStack() as stack:
-        if processes:
-            contenders = {
-                "raw": await _raw_to_process(stack, url, write_first=False),
-                "memory + bus": await _stack_to_process(stack, url, with_redis=False),
-                RAW_WRITE: await _raw_to_process(stack, url, write_first=True),
-                "memory + redis + bus": await _stack_to_process(stack, url, with_redis=True),
-            }
-        else:
-            contenders = {
-                "raw": await _raw_round_trip(stack, url, write_first=False),
-                "memory + bus": await _stacks(stack, url, with_redis=False),
-                RAW_WRITE: await _raw_round_trip(stack, url, write_first=True),
-                "memory + redis + bus": await _stacks(stack, url, with_redis=True),
-            }
+        contenders = {
+            "raw": await _raw(stack, url, False, processes),
+            "memory + bus": await _stacks(stack, url, False, processes),
+            RAW_WRITE: await _raw(stack, url, True, processes),
+            "memory + redis + bus": await _stacks(stack, url, True, processes),
+        }
         medians: dict[str, list[float]] = {name: [] for name in contenders}
         for one in contenders.values():
             for n in range(20):
