@@ -7,6 +7,8 @@ instead of being skipped.
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from layercache.testing import FakeClock
@@ -29,3 +31,10 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A Redis key prefix no other test uses (tests share one server per session)."""
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    return f"{module}:{uuid.uuid4().hex[:12]}:"

@@ -10,7 +10,6 @@ Dead holders are simulated with a lock written by hand, with a short lease.
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -35,11 +34,6 @@ from layercache.testing import RedisServer
 from .helpers import GatedFetcher
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"sf:{uuid.uuid4().hex[:8]}:"
 
 
 @pytest.fixture

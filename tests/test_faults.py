@@ -16,7 +16,6 @@ timeout, which the enclosing ``fail_after`` catches if it is not).
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -45,11 +44,6 @@ TIMEOUT = 0.2
 """The Redis layer's request timeout where a fault must make requests fail."""
 RETRY_AFTER = 10.0
 """Seconds between two looks at a condition another task or thread will make true."""
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"faults:{uuid.uuid4().hex[:12]}:"
 
 
 @pytest.fixture

@@ -37,11 +37,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"test:{uuid.uuid4().hex[:12]}:"
-
-
-@pytest.fixture
 async def raw(redis_server: Any) -> AsyncIterator[Transport]:
     """A bare transport to look at and tamper with what the layer stored."""
     transport = Transport(parse_redis_url(redis_server.url), timeout=5.0)
