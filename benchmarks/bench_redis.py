@@ -516,64 +516,66 @@ def _find(results: Sequence[Result], name: str, backend: str, kind: str) -> Resu
 
 
 def print_sequential(results: Sequence[Result], runs: int, batch: int) -> None:
-    print(
+    _print_kind(
+        results,
+        SEQUENTIAL,
         f"L2 hit latency, sequential: median over {runs} runs of {batch:,} awaited gets "
-        "(distinct keys, one task)"
+        "(distinct keys, one task)",
+        ("median us/get", "min-max us", 13),
+        lambda value: value / 1e3,
+        ".1f",
+        "the row's median time / layercache's",
     )
-    header = (
-        f"  {'implementation':<42} {'backend':<8} {'median us/get':>13} "
-        f"{'min-max us':>13}  {'layercache speed-up':>19}  note"
-    )
-    print(header)
-    print("  " + "-" * (len(header) - 2 + 40))
-    for backend in BACKENDS:
-        reference = _find(results, LAYERCACHE, backend, SEQUENTIAL).median
-        for result in results:
-            if result.backend != backend or result.kind != SEQUENTIAL:
-                continue
-            if result.unsupported is not None:
-                print(
-                    f"  {result.name:<42} {backend:<8} {'-':>13} {'-':>13}  {'-':>19}  "
-                    f"does not run on {backend}: {result.unsupported}"
-                )
-                continue
-            spread = f"{min(result.samples) / 1e3:.0f}-{max(result.samples) / 1e3:.0f}"
-            print(
-                f"  {result.name:<42} {backend:<8} {result.median / 1e3:>13.1f} {spread:>13}  "
-                f"{result.median / reference:>18.2f}x  {result.note}"
-            )
-    print("  layercache speed-up = the row's median time / layercache's, same backend and run")
-    print()
 
 
 def print_concurrent(results: Sequence[Result], runs: int, tasks: int, per_task: int) -> None:
-    print(
+    _print_kind(
+        results,
+        CONCURRENT,
         f"L2 hits, {tasks} concurrent tasks x {per_task} gets each (all {tasks * per_task:,} "
-        f"keys distinct): median over {runs} runs"
+        f"keys distinct): median over {runs} runs",
+        ("median gets/s", "min-max gets/s", 15),
+        lambda value: value,
+        ".0f",
+        "layercache's median gets/s / the row's",
     )
+
+
+def _print_kind(
+    results: Sequence[Result],
+    kind: str,
+    title: str,
+    columns: tuple[str, str, int],
+    unit: Callable[[float], float],
+    decimals: str,
+    speedup: str,
+) -> None:
+    """One kind's results as the script prints them, asyncio then trio."""
+    median_label, spread_label, spread_width = columns
+    print(title)
     header = (
-        f"  {'implementation':<42} {'backend':<8} {'median gets/s':>13} "
-        f"{'min-max gets/s':>15}  {'layercache speed-up':>19}  note"
+        f"  {'implementation':<42} {'backend':<8} {median_label:>13} "
+        f"{spread_label:>{spread_width}}  {'layercache speed-up':>19}  note"
     )
     print(header)
     print("  " + "-" * (len(header) - 2 + 40))
     for backend in BACKENDS:
-        reference = _find(results, LAYERCACHE, backend, CONCURRENT).median
+        reference = _find(results, LAYERCACHE, backend, kind)
         for result in results:
-            if result.backend != backend or result.kind != CONCURRENT:
+            if result.backend != backend or result.kind != kind:
                 continue
             if result.unsupported is not None:
                 print(
-                    f"  {result.name:<42} {backend:<8} {'-':>13} {'-':>15}  {'-':>19}  "
-                    f"does not run on {backend}: {result.unsupported}"
+                    f"  {result.name:<42} {backend:<8} {'-':>13} {'-':>{spread_width}}  "
+                    f"{'-':>19}  does not run on {backend}: {result.unsupported}"
                 )
                 continue
-            spread = f"{min(result.samples):.0f}-{max(result.samples):.0f}"
+            spread = f"{unit(min(result.samples)):.0f}-{unit(max(result.samples)):.0f}"
             print(
-                f"  {result.name:<42} {backend:<8} {result.median:>13.0f} {spread:>15}  "
-                f"{reference / result.median:>18.2f}x  {result.note}"
+                f"  {result.name:<42} {backend:<8} {unit(result.median):>13{decimals}} "
+                f"{spread:>{spread_width}}  {_speedup(result, reference):>18.2f}x  {result.note}"
             )
-    print("  layercache speed-up = layercache's median gets/s / the row's, same backend and run")
+    print(f"  layercache speed-up = {speedup}, same backend and run")
     print()
 
 
