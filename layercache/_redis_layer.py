@@ -98,6 +98,17 @@ class Call:
 Request = Read | Call
 
 
+@dataclass(slots=True)
+class Announcement:
+    """Commands a change takes along: sent right after it, in the same batch on the same
+    connection, so Redis runs them only once the change is made (the invalidation
+    bus's PUBLISH: a peer told to reload a key must find the new value). ``sent``
+    becomes True once every one of them was answered without an error."""
+
+    commands: Sequence[Command]
+    sent: bool = False
+
+
 class KeySpace:
     """The Redis names of one prefix's values, tag index and locks: disjoint by design,
     since each sub-namespace starts with its own marker right after the prefix."""
@@ -365,11 +376,17 @@ class RedisLayer(Layer):
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as error:
             raise LayerUnavailableError(self.name, "the layer stopped") from error
 
-    async def _call(self, commands: list[Command], scripts: Sequence[Script] = ()) -> list[object]:
+    async def _call(
+        self,
+        commands: list[Command],
+        scripts: Sequence[Script] = (),
+        announce: Announcement | None = None,
+    ) -> list[object]:
         """Run ``commands`` in one batch; raise on the first error reply.
 
         Script calls that meet an empty script cache (a restarted server) are sent
-        again as EVAL, which loads them.
+        again as EVAL, which loads them. ``announce``'s commands follow in the same
+        batch (and again after such a retry); their outcome goes to ``announce.sent``.
         """
 
         async def send(batch: list[Command]) -> list[object]:
@@ -378,7 +395,14 @@ class RedisLayer(Layer):
             )
             return replies
 
-        replies = await run_scripts(send, commands, scripts)
+        then = announce.commands if announce is not None else ()
+        replies = await run_scripts(send, commands, scripts, then)
+        if announce is not None:
+            refused = [r for r in replies[len(commands) :] if isinstance(r, hiredis.ReplyError)]
+            if refused:
+                logger.debug("%r could not announce a change: %s", self.name, refused[0])
+            announce.sent = not refused
+            replies = replies[: len(commands)]
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 self._errors += 1
@@ -478,11 +502,14 @@ class RedisLayer(Layer):
             await self.delete_corrupt(corrupt)
         return found
 
-    async def write_many(self, writes: Sequence[Write]) -> None:
+    async def write_many(
+        self, writes: Sequence[Write], *, announce: Announcement | None = None
+    ) -> None:
+        """Store ``writes``; ``announce`` (the stack's) follows them in the same batch."""
         if not writes:
             return
         commands = [self._write_command(write) for write in writes]
-        await self._call(commands, (WRITE,))
+        await self._call(commands, (WRITE,), announce)
         self._writes += len(writes)
 
     async def write_locked(self, write: Write, token: str) -> bool:
@@ -526,19 +553,23 @@ class RedisLayer(Layer):
             commands.append(DELETE.evalsha(names, [self.keys.tag_sets, self.keys.locks, *chunk]))
         return commands
 
-    async def delete_many(self, keys: Iterable[str]) -> None:
+    async def delete_many(
+        self, keys: Iterable[str], *, announce: Announcement | None = None
+    ) -> None:
+        """Delete ``keys``; ``announce`` (the stack's) follows in the same batch."""
         unique = list(dict.fromkeys(keys))
         if not unique:
             return
-        replies = await self._call(self._delete_commands(unique), (DELETE,))
+        replies = await self._call(self._delete_commands(unique), (DELETE,), announce)
         self._deletes += sum(reply for reply in replies if isinstance(reply, int))
 
-    async def invalidate_tag(self, tag: str) -> set[str]:
+    async def invalidate_tag(self, tag: str, *, announce: Announcement | None = None) -> set[str]:
+        """Drop every entry carrying ``tag``; ``announce`` (the stack's) follows."""
         command = INVALIDATE_TAG.evalsha(
             [self.keys.tag_sets + tag],
             [self.keys.tag_sets, self.keys.values, self.keys.key_tags, self.keys.locks, tag],
         )
-        (reply,) = await self._call([command], (INVALIDATE_TAG,))
+        (reply,) = await self._call([command], (INVALIDATE_TAG,), announce)
         removed = {key.decode() for key in reply} if isinstance(reply, list) else set()
         self._deletes += len(removed)
         return removed

@@ -12,6 +12,7 @@ layers are, so a load that read the old state can never write it back afterwards
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import secrets
@@ -33,7 +34,7 @@ from ._health import LayerHealth
 from ._layer import Clear, Hit, Invalidate, InvalidateTag, Layer, LocalLayer, Write
 from ._listener import InvalidationListener
 from ._options import CircuitBreaker, GracefulDegradation
-from ._redis_layer import RedisLayer
+from ._redis_layer import Announcement, RedisLayer
 from ._statistics import CacheStatistics, CoordinatorStatistics, LayerStatistics
 from ._supervisor import Supervisor
 from ._telemetry import OpenTelemetry
@@ -136,6 +137,8 @@ class CacheStack:
         self.origin = uuid.uuid4().hex
         """This stack's id on the invalidation bus (it ignores its own messages)."""
         self._listener: InvalidationListener | None = None
+        self._announcer = _announcer(self._layers, invalidation_bus)
+        """The Redis layer whose changes carry the bus's messages, if any."""
         self.graceful_degradation = graceful_degradation
         self.circuit_breaker = circuit_breaker
         self._clock = clock
@@ -145,6 +148,8 @@ class CacheStack:
             if not isinstance(layer, LocalLayer):
                 break
             self._local += (layer,)
+        self._every_local = tuple(layer for layer in self._layers if isinstance(layer, LocalLayer))
+        """Every in-process layer, leading or not: what the bus invalidates."""
         self._coordinator = Coordinator(self._load, self._read_flights)
         # One remote layer behind the local ones: lone reads take the direct path.
         remote = self._layers[len(self._local) :]
@@ -664,11 +669,13 @@ class CacheStack:
                 writes[layer].extend(layer_writes)
         # Fenced before the slower layers are written and again before the local ones:
         # a load in flight at any moment of this write will not write back after it.
+        messages = split_keys(self.origin, keys)
+        announce = self._announcement(messages)
         self._coordinator.fence_keys(keys)
-        await self._write_remote(writes)
+        await self._write_remote(writes, announce=announce)
         self._coordinator.fence_keys(keys)
         self._write_local(writes)
-        await self._broadcast(split_keys(self.origin, keys))
+        await self._broadcast(messages, announce)
 
     def _encode(
         self, key: str, value: object, ttl: float | None, tags: frozenset[str]
@@ -680,13 +687,18 @@ class CacheStack:
         }
 
     async def _write_remote(
-        self, writes: Mapping[Layer, Sequence[Write]], token: str | None = None
+        self,
+        writes: Mapping[Layer, Sequence[Write]],
+        token: str | None = None,
+        *,
+        announce: Announcement | None = None,
     ) -> bool:
         """Write the layers that need I/O. The local ones come after, with no await
         between, so a reader that copied the old entry up meanwhile is overwritten.
 
         With a single-flight lock ``token``, the lock's layer writes only if the lock
-        is still ours; False if it was not (nothing more is written).
+        is still ours; False if it was not (nothing more is written). ``announce``
+        goes with the write to the announcing layer (see :meth:`_announcement`).
         """
         lock_layer = self._lock_layer
         if token is not None and lock_layer is not None:
@@ -702,7 +714,12 @@ class CacheStack:
         for layer, layer_writes in writes.items():
             if isinstance(layer, LocalLayer) or (token is not None and layer is lock_layer):
                 continue
-            await self._remote(layer, layer.write_many, layer_writes, write=True)
+            announcer = self._announcer
+            if announce is not None and layer is announcer and announcer is not None:
+                request = functools.partial(announcer.write_many, announce=announce)
+                await self._remote(layer, request, layer_writes, write=True)
+            else:
+                await self._remote(layer, layer.write_many, layer_writes, write=True)
         return True
 
     def _write_local(self, writes: Mapping[Layer, Sequence[Write]]) -> None:
@@ -718,11 +735,18 @@ class CacheStack:
         """Remove every key in ``keys`` from every layer."""
         self._check_open()
         checked = check_keys(keys)
-        await self._invalidate(
-            lambda: self._coordinator.fence_keys(checked),
-            lambda layer: layer.delete_many(checked),
-        )
-        await self._broadcast(split_keys(self.origin, checked))
+        messages = split_keys(self.origin, checked)
+        announce = self._announcement(messages)
+
+        async def delete(layer: Layer) -> None:
+            announcer = self._announcer
+            if announce is not None and layer is announcer and announcer is not None:
+                await announcer.delete_many(checked, announce=announce)
+            else:
+                await layer.delete_many(checked)
+
+        await self._invalidate(lambda: self._coordinator.fence_keys(checked), delete)
+        await self._broadcast(messages, announce)
 
     async def invalidate_by_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` from every layer.
@@ -732,12 +756,18 @@ class CacheStack:
         self._check_open()
         checked = check_tag(tag)
         removed: set[str] = set()
+        messages = [BusMessage(self.origin, "tag", tag=checked)]
+        announce = self._announcement(messages)
 
         async def invalidate(layer: Layer) -> None:
-            removed.update(await layer.invalidate_tag(checked))
+            announcer = self._announcer
+            if announce is not None and layer is announcer and announcer is not None:
+                removed.update(await announcer.invalidate_tag(checked, announce=announce))
+            else:
+                removed.update(await layer.invalidate_tag(checked))
 
         await self._invalidate(lambda: self._coordinator.fence_tag(checked), invalidate)
-        await self._broadcast([BusMessage(self.origin, "tag", tag=checked)])
+        await self._broadcast(messages, announce)
         return len(removed)
 
     async def clear(self) -> None:
@@ -762,10 +792,29 @@ class CacheStack:
 
     # -- the invalidation bus ----------------------------------------------------------
 
-    async def _broadcast(self, messages: list[BusMessage]) -> None:
+    def _announcement(self, messages: list[BusMessage]) -> Announcement | None:
+        """The bus's PUBLISH commands for ``messages``, for the announcing layer to send
+        right after the change they announce, in the same batch: peers hear of it one
+        round trip sooner, and never before Redis has it (one connection runs its
+        commands in order). None without such a layer."""
         listener = self._listener
-        if listener is not None and messages:
-            await self._remote(listener, listener.publish, messages, write=True)
+        if self._announcer is None or listener is None or not messages:
+            return None
+        return Announcement(listener.publish_commands(messages))
+
+    async def _broadcast(
+        self, messages: list[BusMessage], announce: Announcement | None = None
+    ) -> None:
+        """Tell the other stacks, unless ``announce`` already did (with the change)."""
+        listener = self._listener
+        if listener is None or not messages:
+            return
+        if announce is not None and announce.sent:
+            listener.carried(len(messages))
+            return
+        # Skipped, failed or refused with the change (which may still have published
+        # it): once more on the bus's own connection. Peers drop keys twice, harmlessly.
+        await self._remote(listener, listener.publish, messages, write=True)
 
     def _apply_invalidation(self, message: BusMessage) -> None:
         """Another stack changed something: drop it here (called by the listener)."""
@@ -792,8 +841,8 @@ class CacheStack:
         for layer in self._local_layers():
             layer.handle(Clear())
 
-    def _local_layers(self) -> Iterable[LocalLayer]:
-        return (layer for layer in self._layers if isinstance(layer, LocalLayer))
+    def _local_layers(self) -> tuple[LocalLayer, ...]:
+        return self._every_local
 
     # -- failure handling --------------------------------------------------------------
 
@@ -850,6 +899,7 @@ class CacheStack:
             waiters=self._coordinator.waiters,
             stale_loads=self._stale_loads,
             invalidations_sent=listener.sent if listener else 0,
+            invalidations_carried=listener.carried_sent if listener else 0,
             invalidations_received=listener.received if listener else 0,
             invalidations_rejected=sum(listener.rejected.values()) if listener else 0,
             bus_state=self._bus_state(),
@@ -957,3 +1007,18 @@ async def _call_fetcher(fetcher: Fetcher) -> object:
             f"{fetcher!r} returned {type(result).__name__}"
         )
     return await result
+
+
+def _announcer(layers: Sequence[Layer], bus: RedisInvalidationBus | None) -> RedisLayer | None:
+    """The Redis layer that sends the bus's messages along with the changes they
+    announce: the last remote layer a change reaches, if it talks to the bus's own
+    server (same address whatever the database, since pub/sub ignores it, or the same
+    ``client=``). None otherwise: the bus then publishes on its own connection after
+    the change."""
+    remote = [layer for layer in layers if not layer.local]
+    if bus is None or not remote or not isinstance(remote[-1], RedisLayer):
+        return None
+    layer = remote[-1]
+    if layer.address is not None and bus.address is not None:
+        return layer if layer.address.server() == bus.address.server() else None
+    return layer if layer.client is not None and layer.client is bus.client else None

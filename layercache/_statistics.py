@@ -119,6 +119,9 @@ class CacheStatistics:
     """One :class:`LayerStatistics` per layer, fastest first."""
     invalidations_sent: int = 0
     """Bus messages this stack published."""
+    invalidations_carried: int = 0
+    """Of those, the ones a Redis layer on the bus's server sent in the same batch as
+    the change they announce (one round trip sooner than on the bus's connection)."""
     invalidations_received: int = 0
     """Bus messages from other stacks applied to the local layers."""
     invalidations_rejected: int = 0

@@ -35,7 +35,9 @@ from layercache._bus import (
 )
 from layercache._listener import InvalidationListener
 from layercache._redis._address import parse_redis_url
+from layercache._redis._connection import Connection
 from layercache._redis._transport import Transport
+from layercache._stack import _announcer
 
 SECRET = b"a shared secret of some length"
 
@@ -275,3 +277,158 @@ async def test_bus_needs_its_own_type() -> None:
         RedisInvalidationBus("redis://localhost", secret=b"")
     with pytest.raises(ValueError, match="Redis URL"):
         RedisInvalidationBus("http://localhost")
+
+
+# -- publishing with the change ---------------------------------------------------------
+
+
+class _Monitor:
+    """The commands a server runs, in the order it runs them (MONITOR; a script's own
+    commands are listed after its EVALSHA/EVAL)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._arrived = anyio.Event()
+
+    def add(self, lines: list[object]) -> None:
+        for line in lines:
+            assert isinstance(line, bytes)
+            self.names.append(line.decode().split("] ", 1)[1].split(" ", 1)[0].strip('"'))
+        self._arrived.set()
+
+    async def until(self, count: int, name: str) -> list[str]:
+        """The commands seen once ``count`` of them are ``name`` (the server sends
+        MONITOR lines on their own connection, after running them)."""
+        with anyio.fail_after(10):
+            while self.names.count(name) < count:
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+        return [n for n in self.names if n in ("EVALSHA", "EVAL", "PUBLISH")]
+
+
+@asynccontextmanager
+async def _monitor(url: str) -> AsyncIterator[_Monitor]:
+    monitor = _Monitor()
+    connection = await Connection.open(parse_redis_url(url))
+    try:
+        (ok,) = await connection.call([("MONITOR",)])
+        assert ok == b"OK"
+        async with anyio.create_task_group() as tg:
+
+            async def read() -> None:
+                while True:
+                    monitor.add(await connection.receive())
+
+            tg.start_soon(read)
+            yield monitor
+            tg.cancel_scope.cancel()
+    finally:
+        await connection.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_change_carries_its_publish_in_the_same_batch(redis_server: Any) -> None:
+    prefix = f"bus:{uuid.uuid4().hex[:8]}:"
+    channel = f"{prefix}invalidation"
+    base = f"redis://{redis_server.host}:{redis_server.port}"
+    async with AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(
+                CacheStack(
+                    [MemoryLayer(), RedisLayer(url=f"{base}/0", prefix=prefix)],
+                    # Another database: pub/sub ignores it, so the layer still carries.
+                    invalidation_bus=RedisInvalidationBus(f"{base}/3", channel=channel),
+                )
+            )
+            for _ in range(2)
+        ]
+        await b.set_many({"k": 0, "d": 0}, tags=["t"])
+        await _delivered(a, 1)
+        async with _monitor(redis_server.url) as monitor:
+            await a.set("k", 1)  # without tags now
+            await a.delete("d")
+            await a.invalidate_by_tag("t")
+            await _delivered(b, 3)
+            calls = await monitor.until(3, "PUBLISH")
+        assert calls == ["EVALSHA", "PUBLISH"] * 3  # each change, then its message
+        assert await b.get_many(["k", "d"]) == {"k": 1}
+        stats = a.statistics()
+        assert (stats.invalidations_sent, stats.invalidations_carried) == (3, 3)
+
+
+@pytest.mark.anyio
+async def test_a_reloaded_script_publishes_again_after_the_change(redis_server: Any) -> None:
+    async with _stacks(redis_server.url, 2) as (_, (a, b)):
+        await a.set("k", 0)
+        await _delivered(b, 1)
+        assert await b.get("k") == 0
+        raw = Transport(parse_redis_url(redis_server.url), timeout=5)
+        async with anyio.create_task_group() as tg:
+            await tg.start(raw.run)
+            async with _monitor(redis_server.url) as monitor:
+                await raw.call([("SCRIPT", "FLUSH")])
+                await a.set("k", 1)  # EVALSHA fails: NOSCRIPT, retried as EVAL
+                await _delivered(b, 3)  # heard twice
+                calls = await monitor.until(2, "PUBLISH")
+            tg.cancel_scope.cancel()
+        assert calls == ["EVALSHA", "PUBLISH", "EVAL", "PUBLISH"]
+        assert await b.get("k") == 1
+        assert a.statistics().invalidations_carried == 2
+
+
+@pytest.mark.anyio
+async def test_a_publish_the_layer_may_not_send_goes_on_the_bus(redis_server: Any) -> None:
+    user, password = f"writer{uuid.uuid4().hex[:6]}", "writer-password"
+    raw = Transport(parse_redis_url(redis_server.url), timeout=5)
+    async with anyio.create_task_group() as tg:
+        await tg.start(raw.run)
+        (ok,) = await raw.call(
+            [("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-publish")]
+        )
+        assert ok == b"OK"
+        try:
+            prefix = f"bus:{uuid.uuid4().hex[:8]}:"
+            channel = f"{prefix}invalidation"
+            writer_url = f"redis://{user}:{password}@{redis_server.host}:{redis_server.port}"
+            async with AsyncExitStack() as stack:
+                a, b = [
+                    await stack.enter_async_context(
+                        CacheStack(
+                            [MemoryLayer(), RedisLayer(url=writer_url, prefix=prefix)],
+                            invalidation_bus=RedisInvalidationBus(
+                                redis_server.url, channel=channel
+                            ),
+                        )
+                    )
+                    for _ in range(2)
+                ]
+                await b.set("k", 0)
+                await _delivered(a, 1)
+                assert await a.get("k") == 0
+                await b.set("k", 1)  # the layer's PUBLISH is refused (NOPERM)
+                await _delivered(a, 2)
+                assert not _in_l1(a, "k")
+                assert await a.get("k") == 1
+                stats = b.statistics()
+                assert (stats.invalidations_sent, stats.invalidations_carried) == (2, 0)
+                assert stats.bus_state == "healthy"
+        finally:
+            await raw.call([("ACL", "DELUSER", user)])
+        tg.cancel_scope.cancel()
+
+
+def test_only_a_layer_on_the_bus_server_carries_its_messages() -> None:
+    bus = RedisInvalidationBus("redis://127.0.0.1:6390/2")
+    same = RedisLayer(url="redis://user:pw@127.0.0.1:6390/0")
+    other_port = RedisLayer(url="redis://127.0.0.1:6391/2")
+    other_host = RedisLayer(url="redis://localhost:6390/2")  # maybe the same: not assumed
+    assert _announcer([MemoryLayer(), same], bus) is same
+    assert _announcer([MemoryLayer(), other_port], bus) is None
+    assert _announcer([MemoryLayer(), other_host], bus) is None
+    assert _announcer([same, MemoryLayer()], bus) is same  # the last remote layer
+    assert _announcer([same, other_port], bus) is None  # written last: must be on the bus
+    assert _announcer([MemoryLayer()], bus) is None
+    assert _announcer([MemoryLayer(), same], None) is None
+    client = object()
+    assert _announcer([RedisLayer(client=client)], RedisInvalidationBus(client=client))
+    assert _announcer([RedisLayer(client=client)], RedisInvalidationBus(client=object())) is None

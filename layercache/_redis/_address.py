@@ -33,6 +33,10 @@ class RedisAddress:
         scheme = "rediss" if self.tls else "redis"
         return f"{scheme}://{login}{self.host}:{self.port}/{self.db}"
 
+    def server(self) -> tuple[str | None, int, str | None, bool]:
+        """Which server this is, whatever the login and the database."""
+        return (self.host, self.port, self.path, self.tls)
+
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
         if not self.tls_verify:

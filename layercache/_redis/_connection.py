@@ -36,9 +36,10 @@ def pack(commands: Sequence[Command]) -> bytes:
     return b"".join([hiredis.pack_command(command) for command in commands])  # type: ignore[arg-type]
 
 
-class _Pushed(asyncio.Protocol):
+class _Pushed(asyncio.BufferedProtocol):
     """asyncio only: hands a connection's data over from the event loop's callback, so
-    replies reach their waiters without a trip through a reader task."""
+    replies reach their waiters without a trip through a reader task. The loop reads
+    into the connection's own buffer (no new bytes object per read)."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -48,8 +49,11 @@ class _Pushed(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        self._connection._feed(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._connection._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._connection._feed(nbytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = str(exc) if exc is not None else "the server closed the connection"
@@ -72,6 +76,8 @@ class Connection:
         self.stream = stream
         self.address = address
         self.parser = hiredis.Reader()
+        self._buffer = memoryview(bytearray(READ_SIZE))
+        """Where direct reads land; the parser copies what it is fed, so it is reused."""
         self._direct: socket.socket | None = None
         """A duplicate of the stream's socket that writes go through, once
         :meth:`_write_directly` was called (plain TCP and unix sockets, trio)."""
@@ -200,10 +206,11 @@ class Connection:
         if not self.address.tls:
             await self._write_directly()
 
-    def _feed(self, data: bytes) -> None:
-        """A pushing connection's data: parse it and hand the replies on."""
+    def _feed(self, size: int) -> None:
+        """A pushing connection read ``size`` bytes into its buffer: parse them and hand
+        the replies on."""
         try:
-            replies = self._parse(data)
+            replies = self._parse(self._buffer, size)
         except RedisConnectionError as error:
             self.abort(error)
             return
@@ -282,15 +289,14 @@ class Connection:
         """Wait for data and return every complete reply it finished (maybe none)."""
         direct = self._direct
         if direct is not None:
-            data = await self._receive_directly(direct)
-        else:
-            with map_connection_errors(f"reading from {self.address.display()} failed"):
-                data = await self.stream.receive(READ_SIZE)
-        return self._parse(data)
+            return self._parse(self._buffer, await self._receive_directly(direct))
+        with map_connection_errors(f"reading from {self.address.display()} failed"):
+            data = await self.stream.receive(READ_SIZE)
+        return self._parse(data, len(data))
 
-    def _parse(self, data: bytes) -> list[object]:
-        """Every complete reply ``data`` finishes (maybe none)."""
-        self.parser.feed(data)
+    def _parse(self, data: bytes | memoryview, size: int) -> list[object]:
+        """Every complete reply the first ``size`` bytes of ``data`` finish (maybe none)."""
+        self.parser.feed(data, 0, size)  # type: ignore[arg-type]  # any buffer will do
         replies: list[object] = []
         try:
             reply = self.parser.gets()
@@ -301,24 +307,25 @@ class Connection:
             raise RedisConnectionError(f"protocol error from {self.address.display()}") from error
         return replies
 
-    async def _receive_directly(self, direct: socket.socket) -> bytes:
-        """Read from the duplicate socket: what is there already without waiting (a
-        stream read would yield to the scheduler twice), else once it is readable."""
+    async def _receive_directly(self, direct: socket.socket) -> int:
+        """Read from the duplicate socket into the buffer; return how much came. What
+        is there already comes without waiting (a stream read would yield to the
+        scheduler twice), the rest once the socket is readable."""
         with map_connection_errors(f"reading from {self.address.display()} failed"):
             if self._eager_reads >= EAGER_READS:
                 self._eager_reads = 0
                 await anyio.lowlevel.checkpoint()  # a busy connection lets others run too
             while True:
                 try:
-                    data = direct.recv(READ_SIZE)
+                    size = direct.recv_into(self._buffer)
                 except BlockingIOError:
                     self._eager_reads = 0
                     await anyio.wait_readable(direct)
                     continue
                 self._eager_reads += 1
-                if not data:
+                if not size:
                     raise anyio.EndOfStream
-                return data
+                return size
 
     async def aclose(self) -> None:
         if self._pushed is not None:

@@ -200,19 +200,27 @@ async def run_scripts(
     send: Callable[[list[Command]], Awaitable[list[object]]],
     commands: list[Command],
     scripts: Sequence[Script],
+    then: Sequence[Command] = (),
 ) -> list[object]:
     """Send ``commands`` (EVALSHAs among them) with ``send``; return their replies.
 
     Script calls that meet an empty script cache (a restarted server, or a client that
     never loaded them) are sent again as EVAL, which loads them.
+
+    ``then`` are commands that must run after every one of ``commands`` (the bus's
+    PUBLISH after a write): they go in the same batch, and again after a retry, since
+    their first run came before the retried scripts. Their replies (from the last
+    sending) follow those of ``commands``.
     """
-    replies = await send(commands)
-    retry = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+    replies = await send([*commands, *then])
+    retry = [i for i, reply in enumerate(replies[: len(commands)]) if _is_noscript(reply)]
     if retry:
         by_sha = {script.sha: script for script in scripts}
         again = [_as_eval(commands[i], by_sha) for i in retry]
-        for i, reply in zip(retry, await send(again), strict=True):
+        answers = await send([*again, *then])
+        for i, reply in zip(retry, answers, strict=False):
             replies[i] = reply
+        replies[len(commands) :] = answers[len(again) :]
     return replies
 
 
