@@ -28,6 +28,8 @@ import hiredis
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._backend import Event, event_type
+from ._clock import Clock, deadline_clock
 from ._exceptions import LayerUnavailableError
 from ._layer import Hit, Layer, Write
 from ._redis._adapter import ClientTransport
@@ -176,6 +178,8 @@ class RedisLayer(Layer):
         self._transport: Transport | ClientTransport | None = None
         self._inbox: MemoryObjectSendStream[Request] | None = None
         self._writer: anyio.Lock | None = None
+        self._now: Clock = anyio.current_time
+        self._new_event: Callable[[], Event] = anyio.Event
         self._queued = 0
         """Requests posted to the inbox and not yet sent by the actor (including one
         handed straight to the actor while it waited, not in the inbox's buffer)."""
@@ -208,6 +212,8 @@ class RedisLayer(Layer):
         else:
             transport = ClientTransport(self.client, timeout=self.timeout)
         send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)
+        # Read per request: resolved once (what anyio would look up each time).
+        self._now, self._new_event = deadline_clock(), event_type()
         refused: Exception | None = None
         async with anyio.create_task_group() as tasks, send, receive:
             try:
@@ -266,7 +272,7 @@ class RedisLayer(Layer):
                 self._queued -= len(batch)
 
     async def _dispatch(self, transport: Transport | ClientTransport, batch: list[Request]) -> None:
-        now = anyio.current_time()
+        now = self._now()
         if any(request.deadline <= now for request in batch):
             # Their callers have given up: answering them is enough. Sending them would
             # hand the transport a deadline already past, and it would drop a healthy
@@ -279,6 +285,9 @@ class RedisLayer(Layer):
             if not batch:
                 return
         self._batches += 1
+        if len(batch) == 1 and isinstance(batch[0], Call):
+            await self._dispatch_call(transport, batch[0])  # a lone write: no batching
+            return
         reads = [request for request in batch if isinstance(request, Read)]
         calls = [request for request in batch if isinstance(request, Call)]
         keys = list(dict.fromkeys(key for read in reads for key in read.keys))
@@ -319,6 +328,18 @@ class RedisLayer(Layer):
 
         await transport.send(commands, deliver, min(request.deadline for request in batch))
 
+    @staticmethod
+    async def _dispatch_call(transport: Transport | ClientTransport, call: Call) -> None:
+        reply = call.reply
+
+        def deliver(replies: list[object] | RedisError) -> None:
+            if isinstance(replies, RedisError):
+                reply.fail(replies)
+            else:
+                reply.set(replies)
+
+        await transport.send(call.commands, deliver, call.deadline)
+
     def _decode(
         self, keys: list[str], values: object, ttls: Sequence[object]
     ) -> tuple[dict[str, Hit], set[str]] | RedisError:
@@ -355,8 +376,8 @@ class RedisLayer(Layer):
         inbox = self._inbox
         if inbox is None:
             raise LayerUnavailableError(self.name, "the layer is not running")
-        reply: ReplySlot[Any] = ReplySlot()
-        deadline = anyio.current_time() + self.timeout
+        reply: ReplySlot[Any] = ReplySlot(self._new_event())
+        deadline = self._now() + self.timeout
         request = make(reply, deadline)
         try:
             if not await self._send_now(request):
@@ -429,7 +450,7 @@ class RedisLayer(Layer):
         ``done`` may be called before this returns (no connection, say). The caller
         need not stay: nobody waits on the socket, the reader completes the read.
         """
-        request = Read(tuple(keys), CallbackReply(done), anyio.current_time() + self.timeout)
+        request = Read(tuple(keys), CallbackReply(done), self._now() + self.timeout)
         return await self._send_now(request)
 
     async def _send_now(self, request: Request) -> bool:

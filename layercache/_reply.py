@@ -10,14 +10,17 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from ._backend import Event
+
 T = TypeVar("T")
 
 
 class ReplySlot(Generic[T]):
     __slots__ = ("_done", "_error", "_value")
 
-    def __init__(self) -> None:
-        self._done = anyio.Event()
+    def __init__(self, event: Event | None = None) -> None:
+        """``event``: a fresh event to wait on (default: an ``anyio.Event``)."""
+        self._done: Event = event if event is not None else anyio.Event()
         self._value: T | None = None
         self._error: BaseException | None = None
 

@@ -655,7 +655,7 @@ class CacheStack:
         :raises SerializationError: a layer cannot encode a value; no layer is written.
         """
         self._check_open()
-        if not isinstance(mapping, Mapping):
+        if type(mapping) is not dict and not isinstance(mapping, Mapping):
             raise TypeError(
                 f"set_many takes a mapping of key to value, not {type(mapping).__name__}"
             )
@@ -723,9 +723,8 @@ class CacheStack:
         return True
 
     def _write_local(self, writes: Mapping[Layer, Sequence[Write]]) -> None:
-        for layer, layer_writes in writes.items():
-            if isinstance(layer, LocalLayer):
-                layer.write_many_nowait(layer_writes)
+        for layer in self._every_local:
+            layer.write_many_nowait(writes[layer])
 
     async def delete(self, key: str) -> None:
         """Remove ``key`` from every layer (absent keys are fine)."""

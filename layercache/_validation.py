@@ -17,12 +17,18 @@ def check_key(key: object) -> str:
     return _check_text(key, "cache keys")
 
 
+_COLLECTIONS: tuple[type, ...] = (tuple, list, set, frozenset, type({}.keys()))
+"""Iterables checked without an ABC look-up (the common arguments)."""
+
+
 def check_keys(keys: object) -> list[str]:
-    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+    if type(keys) not in _COLLECTIONS and (
+        isinstance(keys, str | bytes) or not isinstance(keys, Iterable)
+    ):
         raise TypeError(
             f"keys must be an iterable of str (not a single str), got {type(keys).__name__}"
         )
-    return [check_key(key) for key in keys]
+    return [check_key(key) for key in keys]  # type: ignore[attr-defined]  # checked above
 
 
 def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
@@ -37,12 +43,14 @@ def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
 
 
 def check_tags(tags: object) -> frozenset[str]:
-    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+    if type(tags) not in _COLLECTIONS and (
+        isinstance(tags, str | bytes) or not isinstance(tags, Iterable)
+    ):
         raise TypeError(
             "tags must be an iterable of str (for one tag write tags=[tag]), "
             f"got {type(tags).__name__}"
         )
-    return frozenset([check_tag(tag) for tag in tags])
+    return frozenset([check_tag(tag) for tag in tags])  # type: ignore[attr-defined]
 
 
 def check_tag(tag: object) -> str:

@@ -8,14 +8,14 @@ asyncio only; under trio the adapter refuses to start and says to use ``url=``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 import hiredis
 from anyio.abc import TaskGroup, TaskStatus
 
-from .._backend import running_library
+from .._backend import Event, running_library
 from ._connection import Command
 from ._errors import RedisConfigurationError, RedisConnectionError
 from ._transport import Deliver, IdleSignal, call
@@ -31,6 +31,7 @@ class ClientTransport:
         self._in_flight = 0
         self._idle = IdleSignal()
         self.connected = True
+        self.new_event: Callable[[], Event] = anyio.Event
 
     def __repr__(self) -> str:
         return f"<ClientTransport {self.client!r}>"

@@ -31,6 +31,8 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskStatus
 
+from .._backend import Event, event_type
+from .._clock import Clock, deadline_clock
 from ._address import RedisAddress
 from ._connection import Command, Connection, pack
 from ._errors import RedisConnectionError, RedisError
@@ -93,6 +95,9 @@ class Transport:
         """Set while a batch the socket did not take at once is being written."""
         self._connected = anyio.Event()
         self._idle = IdleSignal()
+        # The loop's clock and event class, resolved once the loop runs (see run()).
+        self.now: Clock = anyio.current_time
+        self.new_event: Callable[[], Event] = anyio.Event
         self.connects = 0
         self.disconnects = 0
 
@@ -116,6 +121,7 @@ class Transport:
         fails the start; an unreachable one does not: the transport starts
         disconnected and keeps trying in the background.
         """
+        self.now, self.new_event = deadline_clock(), event_type()
         try:
             await self._connect()
         except RedisConnectionError as error:
@@ -193,16 +199,18 @@ class Transport:
         deadline, other writers waiting their turn; a write that does not finish by
         then takes the connection down with it.
         """
+        now = self.now()
         if deadline is None:
-            deadline = anyio.current_time() + self.timeout
+            deadline = now + self.timeout
         data = pack(commands)  # before anything is queued: a bad command queues nothing
         while self._writing is not None:  # another batch is still going out
             await self._writing.wait()
+            now = self.now()
         connection = self._connection
         if connection is None:
             deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
             return
-        if deadline <= anyio.current_time():
+        if deadline <= now:
             # Its callers gave up while it waited its turn: sending it would only make
             # the reader take a healthy connection for a dead one.
             deliver(RedisConnectionError(f"no turn to write to {self.address.display()} in time"))
@@ -321,6 +329,8 @@ class Transport:
 
 
 class Sender(Protocol):
+    new_event: Callable[[], Event]
+
     async def send(
         self, commands: Sequence[Command], deliver: Deliver, deadline: float | None = None
     ) -> None: ...
@@ -328,7 +338,7 @@ class Sender(Protocol):
 
 async def call(sender: Sender, commands: Sequence[Command]) -> list[object]:
     """Send a batch through ``sender`` and wait for its replies (raises on a lost one)."""
-    done = anyio.Event()
+    done = sender.new_event()
     result: list[list[object] | RedisError] = []
 
     def deliver(replies: list[object] | RedisError) -> None:
