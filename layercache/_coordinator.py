@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._backend import Event, event_type
 from ._exceptions import CacheClosedError
 from ._reply import ReplySlot
 
@@ -54,7 +55,12 @@ class Flight:
     __slots__ = ("context", "fetcher", "key", "reply", "stale", "tags", "ttl", "waiters")
 
     def __init__(
-        self, key: str, fetcher: Fetcher | None, ttl: float | None, tags: frozenset[str]
+        self,
+        key: str,
+        fetcher: Fetcher | None,
+        ttl: float | None,
+        tags: frozenset[str],
+        done: Event | None = None,
     ) -> None:
         self.key = key
         self.fetcher = fetcher
@@ -65,7 +71,7 @@ class Flight:
         # The first caller's context variables (request ids, tracing spans, sessions):
         # the fetcher sees them as if the caller had spawned the load itself.
         self.context = contextvars.copy_context()
-        self.reply: ReplySlot[Outcome] = ReplySlot()
+        self.reply: ReplySlot[Outcome] = ReplySlot(done)
 
     def __repr__(self) -> str:
         kind = "fetch" if self.fetcher is not None else "read"
@@ -91,6 +97,7 @@ class Coordinator:
         self._flights: dict[tuple[str, bool], Flight] = {}
         self._loads: TaskGroup | None = None
         self._drained: anyio.Event | None = None
+        self._new_event: Callable[[], Event] = anyio.Event
         self.fence_count = 0
         """Grows with every fence; a reader that saw it unchanged saw no invalidation."""
 
@@ -106,6 +113,7 @@ class Coordinator:
         return sum(flight.waiters for flight in self._flights.values())
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
+        self._new_event = event_type()  # one per load: resolved once
         drained = self._drained = anyio.Event()
         try:
             async with anyio.create_task_group() as loads:
@@ -152,7 +160,7 @@ class Coordinator:
             loads = self._loads
             if loads is None:
                 raise CacheClosedError("the CacheStack is not running")
-            flight = Flight(key, fetcher, ttl, tags)
+            flight = Flight(key, fetcher, ttl, tags, self._new_event())
             self._flights[slot] = flight
             if fetcher is None and self.direct_reads:
                 return flight, True

@@ -285,8 +285,12 @@ class RedisLayer(Layer):
             if not batch:
                 return
         self._batches += 1
-        if len(batch) == 1 and isinstance(batch[0], Call):
-            await self._dispatch_call(transport, batch[0])  # a lone write: no batching
+        if len(batch) == 1:  # a lone request: no batching to do
+            request = batch[0]
+            if isinstance(request, Call):
+                await self._dispatch_call(transport, request)
+            else:
+                await self._dispatch_read(transport, request)
             return
         reads = [request for request in batch if isinstance(request, Read)]
         calls = [request for request in batch if isinstance(request, Call)]
@@ -327,6 +331,29 @@ class RedisLayer(Layer):
                 reply.set(replies[start:end])
 
         await transport.send(commands, deliver, min(request.deadline for request in batch))
+
+    async def _dispatch_read(self, transport: Transport | ClientTransport, read: Read) -> None:
+        keys = list(dict.fromkeys(read.keys))
+        if not keys:
+            read.reply.set(({}, []))
+            return
+        names = [self.keys.values + key for key in keys]
+        commands: list[Command] = [("MGET", *names)]
+        commands += [("PTTL", name) for name in names]
+        reply = read.reply
+
+        def deliver(replies: list[object] | RedisError) -> None:
+            if isinstance(replies, RedisError):
+                reply.fail(replies)
+                return
+            decoded = self._decode(keys, replies[0], replies[1:])
+            if isinstance(decoded, RedisError):
+                reply.fail(decoded)
+                return
+            found, corrupt = decoded
+            reply.set((found, list(corrupt)))
+
+        await transport.send(commands, deliver, read.deadline)
 
     @staticmethod
     async def _dispatch_call(transport: Transport | ClientTransport, call: Call) -> None:

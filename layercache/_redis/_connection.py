@@ -76,6 +76,7 @@ class Connection:
         self.stream = stream
         self.address = address
         self.parser = hiredis.Reader()
+        self._reading = map_connection_errors(f"reading from {address.display()} failed")
         self._buffer = memoryview(bytearray(READ_SIZE))
         """Where direct reads land; the parser copies what it is fed, so it is reused."""
         self._direct: socket.socket | None = None
@@ -290,7 +291,7 @@ class Connection:
         direct = self._direct
         if direct is not None:
             return self._parse(self._buffer, await self._receive_directly(direct))
-        with map_connection_errors(f"reading from {self.address.display()} failed"):
+        with self._reading:
             data = await self.stream.receive(READ_SIZE)
         return self._parse(data, len(data))
 
@@ -311,7 +312,7 @@ class Connection:
         """Read from the duplicate socket into the buffer; return how much came. What
         is there already comes without waiting (a stream read would yield to the
         scheduler twice), the rest once the socket is readable."""
-        with map_connection_errors(f"reading from {self.address.display()} failed"):
+        with self._reading:
             if self._eager_reads >= EAGER_READS:
                 self._eager_reads = 0
                 await anyio.lowlevel.checkpoint()  # a busy connection lets others run too
