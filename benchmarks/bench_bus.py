@@ -16,9 +16,9 @@ any peer hears of it), compared with the same Redis work done raw at its fastest
 SET and PUBLISH in one batch. A bare SET round trip followed by a bare PUBLISH (what a
 client that waits for each reply does) is shown too.
 
-Every round runs every contender once, in an order that rotates from round to round, so
-drifts of the machine's speed reach them all alike; a run's ratio compares the medians of
-its interleaved rounds. Reported: the median over the runs, and the runs' range.
+Each contender is measured against its peer, the two taking turns round after round, so
+drifts of the machine's speed reach both alike; a run's ratio compares the medians of
+those interleaved rounds. Reported: the median over the runs, and the runs' range.
 
 Usage: python benchmarks/bench_bus.py [--rounds 400] [--runs 7]
 """
@@ -173,8 +173,12 @@ async def _stacks(stack: AsyncExitStack, url: str, with_redis: bool, processes: 
     return one
 
 
-async def _measure(url: str, rounds: int, runs: int, processes: bool) -> list[dict[str, float]]:
-    """Each run's median delivery per contender (seconds), rounds interleaved."""
+async def _measure(
+    url: str, rounds: int, runs: int, processes: bool
+) -> list[dict[str, dict[str, float]]]:
+    """Each run's median delivery (seconds) per pair and contender: each pair of
+    :data:`PAIRS` has its own rounds, the two taking turns, so neither is measured
+    beside work that is not the pair's."""
     async with AsyncExitStack() as stack:
         contenders = {
             RAW: await _raw(stack, url, "publish", processes),
@@ -186,15 +190,17 @@ async def _measure(url: str, rounds: int, runs: int, processes: bool) -> list[di
         for one in contenders.values():
             for n in range(20):
                 await one(n)
-        names = list(contenders)
         results = []
-        for _ in range(runs):
-            times: dict[str, list[float]] = {name: [] for name in names}
-            for n in range(rounds):
-                turn = n % len(names)
-                for name in names[turn:] + names[:turn]:
-                    times[name].append(await contenders[name](n))
-            results.append({name: statistics.median(values) for name, values in times.items()})
+        for run in range(runs):
+            measured: dict[str, dict[str, float]] = {}
+            for name, peer in PAIRS.items():
+                pair = (name, peer) if run % 2 else (peer, name)
+                times: dict[str, list[float]] = {name: [], peer: []}
+                for n in range(rounds):
+                    for contender in pair if n % 2 else pair[::-1]:
+                        times[contender].append(await contenders[contender](n))
+                measured[name] = {who: statistics.median(values) for who, values in times.items()}
+            results.append(measured)
     return results
 
 
@@ -204,22 +210,33 @@ RAW_THEN = "raw SET, then PUBLISH"
 CONTENDERS = (RAW, "memory + bus", RAW_BATCH, "memory + redis + bus", RAW_THEN)
 STACKS = {"memory + bus": RAW, "memory + redis + bus": RAW_BATCH}
 """Each stack shape and the raw contender doing the same Redis work (its target's peer)."""
-PEERS = {**STACKS, RAW: RAW, RAW_BATCH: RAW, RAW_THEN: RAW}
-"""What each row's ratio is taken against."""
+PAIRS = {**STACKS, RAW_THEN: RAW_BATCH}
+"""Each contender measured against a peer, and that peer (round after round, in turns)."""
+PEERS = {**PAIRS, RAW: RAW, RAW_BATCH: RAW_BATCH}
+"""What each row's ratio is taken against (a peer against itself)."""
 TITLE = "Cross-instance invalidation"
 
 
 class Result:
     """One backend's runs: medians over the runs, and each ratio's range."""
 
-    def __init__(self, runs: list[dict[str, float]]) -> None:
+    def __init__(self, runs: list[dict[str, dict[str, float]]]) -> None:
         self.runs = runs
 
+    @staticmethod
+    def _pair(name: str) -> str:
+        """The pair a contender's figures come from (a peer's: its stack's)."""
+        if name in PAIRS:
+            return name
+        return next(stack for stack, peer in STACKS.items() if peer == name)
+
     def seconds(self, name: str) -> float:
-        return statistics.median(run[name] for run in self.runs)
+        pair = self._pair(name)
+        return statistics.median(run[pair][name] for run in self.runs)
 
     def ratios(self, name: str, peer: str) -> list[float]:
-        return [run[name] / run[peer] for run in self.runs]
+        pair = self._pair(name)
+        return [run[pair][name] / run[pair][peer] for run in self.runs]
 
     def ratio(self, name: str, peer: str) -> float:
         """The median over the runs of the run's ratio (both from the same rounds)."""
@@ -270,7 +287,7 @@ def measure_and_print(rounds: int, runs: int) -> dict[str, Results]:
     measured: dict[str, Results] = {}
     with RedisServer() as server:
         print(f"{server.binary.product} {server.binary.version}, private, loopback")
-        print(f"median of {runs} runs of {rounds} interleaved rounds")
+        print(f"median of {runs} runs of {rounds} rounds for each contender and its peer, in turns")
         for setup, what in SETUPS.items():
             print(f"\n{setup}: {what}")
             print(f"{'backend':8} {'contender':29} {'µs':>8} {'vs':>6}  {'runs':>11}  vs")
@@ -321,7 +338,7 @@ def run(quick: bool = False) -> Report:
         tables.append(
             Table(
                 f"Invalidation delivery, {setup} ({SETUPS[setup]}): median of {runs} runs "
-                f"of {rounds} interleaved rounds",
+                f"of {rounds} rounds of each contender beside its peer, in turns",
                 tuple(columns),
                 tuple(rows),
                 "us: from the start of `await a.set(k, v)` until B's memory layer has "
@@ -351,7 +368,7 @@ def run(quick: bool = False) -> Report:
         tables=tuple(tables),
         verdicts=tuple(verdicts),
         comparisons=comparisons,
-        settings=f"{runs} runs of {rounds} interleaved rounds",
+        settings=f"{runs} runs of {rounds} rounds per contender and peer, in turns",
         output=printed.text,
     )
 
