@@ -222,6 +222,8 @@ class RedisLayer(Layer):
                 # Raised below, outside the task group, so it is not wrapped in a group.
                 refused = error
             else:
+                if isinstance(transport, ClientTransport):
+                    await _load_scripts(transport)
                 self._transport = transport
                 self._inbox = send
                 self._queued = 0
@@ -650,6 +652,19 @@ class RedisLayer(Layer):
             errors=self._errors,
             corrupt=self._corrupt,
         )
+
+
+async def _load_scripts(transport: ClientTransport) -> None:
+    """Load the scripts through a ``client=`` at start, as ``url=`` connections do:
+    otherwise each script's first use costs a NOSCRIPT round trip (and a change that
+    carries the bus's message would publish it twice). Best effort, within the layer's
+    timeout: an unreachable server is the requests' business, and NOSCRIPT stays
+    handled."""
+    with anyio.move_on_after(transport.timeout):
+        try:
+            await transport.call([("SCRIPT", "LOAD", script.source) for script in SCRIPTS])
+        except RedisError as error:
+            logger.debug("could not load the scripts at start: %s", error)
 
 
 def _fail_waiting(receive: MemoryObjectReceiveStream[Request], error: RedisError) -> None:

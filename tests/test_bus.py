@@ -116,15 +116,17 @@ def test_long_key_lists_are_split_within_the_bound() -> None:
 
 @asynccontextmanager
 async def _stacks(
-    url: str, count: int, *, secret: bytes | None = None
+    url: str, count: int, *, secret: bytes | None = None, layer_url: str | None = None
 ) -> AsyncIterator[tuple[str, list[CacheStack]]]:
+    """``count`` stacks of memory + Redis on ``layer_url`` (default: ``url``), with a bus
+    on ``url``."""
     prefix = f"bus:{uuid.uuid4().hex[:8]}:"
     channel = f"{prefix}invalidation"
     async with AsyncExitStack() as stack:
         stacks = [
             await stack.enter_async_context(
                 CacheStack(
-                    [MemoryLayer(), RedisLayer(url=url, prefix=prefix)],
+                    [MemoryLayer(), RedisLayer(url=layer_url or url, prefix=prefix)],
                     invalidation_bus=RedisInvalidationBus(url, channel=channel, secret=secret),
                 )
             )
@@ -328,20 +330,9 @@ async def _monitor(url: str) -> AsyncIterator[_Monitor]:
 
 @pytest.mark.anyio
 async def test_a_change_carries_its_publish_in_the_same_batch(redis_server: Any) -> None:
-    prefix = f"bus:{uuid.uuid4().hex[:8]}:"
-    channel = f"{prefix}invalidation"
     base = f"redis://{redis_server.host}:{redis_server.port}"
-    async with AsyncExitStack() as stack:
-        a, b = [
-            await stack.enter_async_context(
-                CacheStack(
-                    [MemoryLayer(), RedisLayer(url=f"{base}/0", prefix=prefix)],
-                    # Another database: pub/sub ignores it, so the layer still carries.
-                    invalidation_bus=RedisInvalidationBus(f"{base}/3", channel=channel),
-                )
-            )
-            for _ in range(2)
-        ]
+    # The bus on another database: pub/sub ignores it, so the layer still carries.
+    async with _stacks(f"{base}/3", 2, layer_url=f"{base}/0") as (_, (a, b)):
         await b.set_many({"k": 0, "d": 0}, tags=["t"])
         await _delivered(a, 1)
         async with _monitor(redis_server.url) as monitor:
@@ -387,21 +378,8 @@ async def test_a_publish_the_layer_may_not_send_goes_on_the_bus(redis_server: An
         )
         assert ok == b"OK"
         try:
-            prefix = f"bus:{uuid.uuid4().hex[:8]}:"
-            channel = f"{prefix}invalidation"
             writer_url = f"redis://{user}:{password}@{redis_server.host}:{redis_server.port}"
-            async with AsyncExitStack() as stack:
-                a, b = [
-                    await stack.enter_async_context(
-                        CacheStack(
-                            [MemoryLayer(), RedisLayer(url=writer_url, prefix=prefix)],
-                            invalidation_bus=RedisInvalidationBus(
-                                redis_server.url, channel=channel
-                            ),
-                        )
-                    )
-                    for _ in range(2)
-                ]
+            async with _stacks(redis_server.url, 2, layer_url=writer_url) as (_, (a, b)):
                 await b.set("k", 0)
                 await _delivered(a, 1)
                 assert await a.get("k") == 0
