@@ -128,7 +128,7 @@ def decode(data: object, secret: bytes | None) -> BusMessage:
         origin, op, keys, tag = fields["o"], fields["op"], fields["k"], fields["t"]
         if not isinstance(origin, str) or op not in OPERATIONS or not isinstance(keys, list):
             raise Rejected("malformed")
-        checked = tuple(check_key(key) for key in keys)
+        checked = tuple([check_key(key) for key in keys])
         if op == "tag":
             tag = check_tag(tag)
         elif tag is not None:

@@ -31,7 +31,7 @@ from ._coordinator import MISSING, Coordinator, Fetcher, Flight, Outcome
 from ._distributed import RedisSingleFlightCoordinator
 from ._exceptions import CacheClosedError, LayerUnavailableError
 from ._health import LayerHealth
-from ._layer import Clear, Hit, Invalidate, InvalidateTag, Layer, LocalLayer, Write
+from ._layer import Clear, Hit, InvalidateTag, Layer, LocalLayer, Write
 from ._listener import InvalidationListener
 from ._options import CircuitBreaker, GracefulDegradation
 from ._redis_layer import Announcement, RedisLayer
@@ -816,21 +816,25 @@ class CacheStack:
         await self._remote(listener, listener.publish, messages, write=True)
 
     def _apply_invalidation(self, message: BusMessage) -> None:
-        """Another stack changed something: drop it here (called by the listener)."""
-        local_message: Invalidate | InvalidateTag | Clear
-        if message.op == "keys":
+        """Another stack changed something: drop it here (called by the listener).
+
+        Applied here and now, not posted to the layers' inboxes: once the listener
+        counts a message as received, no read can see what it invalidated (the handlers
+        are synchronous, and this is the loop's one thread).
+        """
+        local_message: InvalidateTag | Clear
+        if message.op == "keys":  # the common case, with no message object in between
             self._coordinator.fence_keys(message.keys)
-            local_message = Invalidate(message.keys)
-        elif message.op == "tag":
+            for layer in self._every_local:
+                layer.delete_many_nowait(message.keys)
+            return
+        if message.op == "tag":
             assert message.tag is not None
             self._coordinator.fence_tag(message.tag)
             local_message = InvalidateTag(message.tag)
         else:
             self._coordinator.fence_all()
             local_message = Clear()
-        # Applied here and now, not posted to the layers' inboxes: once the listener
-        # counts a message as received, no read can see what it invalidated (the
-        # handlers are synchronous, and this is the loop's one thread).
         for layer in self._local_layers():
             layer.handle(local_message)
 
