@@ -17,6 +17,7 @@ Bytes that are not a value this layer wrote are a miss: the key is deleted and c
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -439,14 +440,8 @@ class RedisLayer(Layer):
         batch (and again after such a retry); their outcome goes to ``announce.sent``.
         """
 
-        async def send(batch: list[Command]) -> list[object]:
-            replies: list[object] = await self._request(
-                lambda reply, deadline: Call(batch, reply, deadline)
-            )
-            return replies
-
         then = announce.commands if announce is not None else ()
-        replies = await run_scripts(send, commands, scripts, then)
+        replies = await run_scripts(self._send_batch, commands, scripts, then)
         if announce is not None:
             refused = [r for r in replies[len(commands) :] if isinstance(r, hiredis.ReplyError)]
             if refused:
@@ -459,6 +454,10 @@ class RedisLayer(Layer):
                 raise LayerUnavailableError(self.name, f"Redis answered: {reply}") from (
                     RedisReplyError(str(reply))
                 )
+        return replies
+
+    async def _send_batch(self, commands: list[Command]) -> list[object]:
+        replies: list[object] = await self._request(functools.partial(Call, commands))
         return replies
 
     # -- the layer interface -----------------------------------------------------------
@@ -506,7 +505,12 @@ class RedisLayer(Layer):
         except anyio.WouldBlock:
             return False
         try:
-            await self._dispatch(transport, [request])
+            # Fresh, so not late: straight to the lone request's send.
+            self._batches += 1
+            if isinstance(request, Call):
+                await self._dispatch_call(transport, request)
+            else:
+                await self._dispatch_read(transport, request)
         except Exception:
             # What would crash the actor: answer the request, keep the caller going.
             logger.exception("sending a request to %r failed", self.name)
