@@ -287,22 +287,16 @@ class RedisLayer(Layer):
             batch = [request for request in batch if request.deadline > now]
             if not batch:
                 return
-        self._batches += 1
         if len(batch) == 1:  # a lone request: no batching to do
-            request = batch[0]
-            if isinstance(request, Call):
-                await self._dispatch_call(transport, request)
-            else:
-                await self._dispatch_read(transport, request)
+            await self._dispatch_one(transport, batch[0])
             return
+        self._batches += 1
         reads = [request for request in batch if isinstance(request, Read)]
         calls = [request for request in batch if isinstance(request, Call)]
         keys = list(dict.fromkeys(key for read in reads for key in read.keys))
         commands: list[Command] = []
         if keys:
-            names = [self.keys.values + key for key in keys]
-            commands.append(("MGET", *names))
-            commands.extend(("PTTL", name) for name in names)
+            commands += self._read_commands(keys)
         spans: list[tuple[ReplySlot[Any], int, int]] = []
         for call in calls:
             spans.append((call.reply, len(commands), len(commands) + len(call.commands)))
@@ -335,14 +329,25 @@ class RedisLayer(Layer):
 
         await transport.send(commands, deliver, min(request.deadline for request in batch))
 
+    def _read_commands(self, keys: list[str]) -> list[Command]:
+        """One MGET of ``keys`` and a PTTL each, so a hit carries its remaining TTL."""
+        names = [self.keys.values + key for key in keys]
+        return [("MGET", *names), *[("PTTL", name) for name in names]]
+
+    async def _dispatch_one(self, transport: Transport | ClientTransport, request: Request) -> None:
+        """Send a lone request (not late) without the batching code."""
+        self._batches += 1
+        if isinstance(request, Call):
+            await self._dispatch_call(transport, request)
+        else:
+            await self._dispatch_read(transport, request)
+
     async def _dispatch_read(self, transport: Transport | ClientTransport, read: Read) -> None:
         keys = list(dict.fromkeys(read.keys))
         if not keys:
             read.reply.set(({}, []))
             return
-        names = [self.keys.values + key for key in keys]
-        commands: list[Command] = [("MGET", *names)]
-        commands += [("PTTL", name) for name in names]
+        commands = self._read_commands(keys)
         reply = read.reply
 
         def deliver(replies: list[object] | RedisError) -> None:
@@ -505,12 +510,7 @@ class RedisLayer(Layer):
         except anyio.WouldBlock:
             return False
         try:
-            # Fresh, so not late: straight to the lone request's send.
-            self._batches += 1
-            if isinstance(request, Call):
-                await self._dispatch_call(transport, request)
-            else:
-                await self._dispatch_read(transport, request)
+            await self._dispatch_one(transport, request)  # fresh, so not late
         except Exception:
             # What would crash the actor: answer the request, keep the caller going.
             logger.exception("sending a request to %r failed", self.name)

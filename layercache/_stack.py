@@ -714,9 +714,9 @@ class CacheStack:
         for layer, layer_writes in writes.items():
             if isinstance(layer, LocalLayer) or (token is not None and layer is lock_layer):
                 continue
-            announcer = self._announcer
-            if announce is not None and layer is announcer and announcer is not None:
-                request = functools.partial(announcer.write_many, announce=announce)
+            carrier = self._carrier(layer, announce)
+            if carrier is not None:
+                request = functools.partial(carrier.write_many, announce=announce)
                 await self._remote(layer, request, layer_writes, write=True)
             else:
                 await self._remote(layer, layer.write_many, layer_writes, write=True)
@@ -738,9 +738,9 @@ class CacheStack:
         announce = self._announcement(messages)
 
         async def delete(layer: Layer) -> None:
-            announcer = self._announcer
-            if announce is not None and layer is announcer and announcer is not None:
-                await announcer.delete_many(checked, announce=announce)
+            carrier = self._carrier(layer, announce)
+            if carrier is not None:
+                await carrier.delete_many(checked, announce=announce)
             else:
                 await layer.delete_many(checked)
 
@@ -759,9 +759,9 @@ class CacheStack:
         announce = self._announcement(messages)
 
         async def invalidate(layer: Layer) -> None:
-            announcer = self._announcer
-            if announce is not None and layer is announcer and announcer is not None:
-                removed.update(await announcer.invalidate_tag(checked, announce=announce))
+            carrier = self._carrier(layer, announce)
+            if carrier is not None:
+                removed.update(await carrier.invalidate_tag(checked, announce=announce))
             else:
                 removed.update(await layer.invalidate_tag(checked))
 
@@ -801,6 +801,11 @@ class CacheStack:
             return None
         return Announcement(listener.publish_commands(messages))
 
+    def _carrier(self, layer: Layer, announce: Announcement | None) -> RedisLayer | None:
+        """``layer``, if it is the one that sends ``announce`` with its change."""
+        announcer = self._announcer
+        return announcer if announce is not None and layer is announcer else None
+
     async def _broadcast(
         self, messages: list[BusMessage], announce: Announcement | None = None
     ) -> None:
@@ -835,17 +840,14 @@ class CacheStack:
         else:
             self._coordinator.fence_all()
             local_message = Clear()
-        for layer in self._local_layers():
+        for layer in self._every_local:
             layer.handle(local_message)
 
     def _resubscribed(self) -> None:
         """The bus may have lost messages while unsubscribed: forget everything local."""
         self._coordinator.fence_all()
-        for layer in self._local_layers():
+        for layer in self._every_local:
             layer.handle(Clear())
-
-    def _local_layers(self) -> tuple[LocalLayer, ...]:
-        return self._every_local
 
     # -- failure handling --------------------------------------------------------------
 

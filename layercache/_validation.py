@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TypeGuard
 
 MAX_KEY_LENGTH = 1024
 """Longest key (and tag) accepted, in characters."""
@@ -18,17 +19,22 @@ def check_key(key: object) -> str:
 
 
 _COLLECTIONS: tuple[type, ...] = (tuple, list, set, frozenset, type({}.keys()))
-"""Iterables checked without an ABC look-up (the common arguments)."""
+"""Iterables recognised without an ABC look-up (the common arguments)."""
+
+
+def _is_collection(items: object) -> TypeGuard[Iterable[object]]:
+    """An iterable of items, not one str or bytes (which iterate too)."""
+    return type(items) in _COLLECTIONS or (
+        not isinstance(items, str | bytes) and isinstance(items, Iterable)
+    )
 
 
 def check_keys(keys: object) -> list[str]:
-    if type(keys) not in _COLLECTIONS and (
-        isinstance(keys, str | bytes) or not isinstance(keys, Iterable)
-    ):
+    if not _is_collection(keys):
         raise TypeError(
             f"keys must be an iterable of str (not a single str), got {type(keys).__name__}"
         )
-    return [check_key(key) for key in keys]  # type: ignore[attr-defined]  # checked above
+    return [check_key(key) for key in keys]
 
 
 def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
@@ -43,14 +49,12 @@ def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
 
 
 def check_tags(tags: object) -> frozenset[str]:
-    if type(tags) not in _COLLECTIONS and (
-        isinstance(tags, str | bytes) or not isinstance(tags, Iterable)
-    ):
+    if not _is_collection(tags):
         raise TypeError(
             "tags must be an iterable of str (for one tag write tags=[tag]), "
             f"got {type(tags).__name__}"
         )
-    return frozenset([check_tag(tag) for tag in tags])  # type: ignore[attr-defined]
+    return frozenset([check_tag(tag) for tag in tags])
 
 
 def check_tag(tag: object) -> str:
