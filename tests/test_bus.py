@@ -305,7 +305,7 @@ class _Monitor:
             while self.names.count(name) < count:
                 self._arrived = anyio.Event()
                 await self._arrived.wait()
-        return [n for n in self.names if n in ("EVALSHA", "EVAL", "PUBLISH")]
+        return [n for n in self.names if n in ("EVALSHA", "EVAL", "EXEC", "PUBLISH")]
 
 
 @asynccontextmanager
@@ -341,7 +341,8 @@ async def test_a_change_carries_its_publish_in_the_same_batch(redis_server: Any)
             await a.invalidate_by_tag("t")
             await _delivered(b, 3)
             calls = await monitor.until(3, "PUBLISH")
-        assert calls == ["EVALSHA", "PUBLISH"] * 3  # each change, then its message
+        # Each change, then its message (a write without tags is a transaction).
+        assert calls == ["EXEC", "PUBLISH", "EVALSHA", "PUBLISH", "EVALSHA", "PUBLISH"]
         assert await b.get_many(["k", "d"]) == {"k": 1}
         stats = a.statistics()
         assert (stats.invalidations_sent, stats.invalidations_carried) == (3, 3)
@@ -358,7 +359,8 @@ async def test_a_reloaded_script_publishes_again_after_the_change(redis_server: 
             await tg.start(raw.run)
             async with _monitor(redis_server.url) as monitor:
                 await raw.call([("SCRIPT", "FLUSH")])
-                await a.set("k", 1)  # EVALSHA fails: NOSCRIPT, retried as EVAL
+                # A tagged write runs WRITE: EVALSHA fails (NOSCRIPT), retried as EVAL.
+                await a.set("k", 1, tags=["t"])
                 await _delivered(b, 3)  # heard twice
                 calls = await monitor.until(2, "PUBLISH")
             tg.cancel_scope.cancel()

@@ -537,19 +537,47 @@ async def test_large_writes_go_out_whole_whatever_happens_to_their_callers(
         assert layer.statistics().errors == 0
 
 
-async def test_tag_sets_shed_members_whose_values_are_gone(
-    redis_server: Any, prefix: str, raw: Transport
+@pytest.mark.parametrize("left_behind", ["expired", "rewritten without tags"])
+async def test_tag_sets_shed_members_that_no_longer_count(
+    redis_server: Any, prefix: str, raw: Transport, left_behind: str
 ) -> None:
     async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
-        await cache.set_many({f"old{n}": n for n in range(100)}, tags=["busy"])
-        # As if they had expired: the values go, their tag memberships stay behind.
-        await raw.call([("DEL", *[f"{prefix}v:old{n}" for n in range(100)])])
+        old = {f"old{n}": n for n in range(100)}
+        await cache.set_many(old, tags=["busy"])
+        # The keys stay in the tag set: their values gone, or stored again without tags.
+        if left_behind == "expired":
+            await raw.call([("DEL", *[f"{prefix}v:{key}" for key in old])])
+        else:
+            await cache.set_many(old)
         for n in range(200):
             await cache.set(f"new{n}", n, tags=["busy"])
         (size,) = await raw.call([("SCARD", prefix + "t:busy")])
         assert isinstance(size, int)
-        assert 200 <= size < 300  # every live key is there; dead ones were shed
+        assert 200 <= size < 300  # every tagged key is there; the others were shed
         assert await cache.invalidate_by_tag("busy") == 200
+        survivors = {} if left_behind == "expired" else {"old0": 0, "old99": 99}
+        assert await cache.get_many(["old0", "old99", "new0"]) == survivors
+
+
+async def test_a_write_refused_by_maxmemory_leaves_the_old_value_and_its_tags(
+    own_redis_server: Any, prefix: str
+) -> None:
+    raw = Transport(parse_redis_url(own_redis_server.url), timeout=5.0)
+    layer = RedisLayer(url=own_redis_server.url, prefix=prefix)
+    async with anyio.create_task_group() as tasks, CacheStack([layer]) as cache:
+        await tasks.start(raw.run)
+        await cache.set("k", "old", tags=["t"])
+        await raw.call([("CONFIG", "SET", "maxmemory-policy", "noeviction")])
+        await raw.call([("CONFIG", "SET", "maxmemory", "1")])
+        for tags in ([], ["u"]):  # the transaction, then the script
+            with pytest.raises(LayerUnavailableError, match="OOM command not allowed"):
+                await cache.set("k", "new", tags=tags)
+        await raw.call([("CONFIG", "SET", "maxmemory", "0")])
+        assert await cache.get("k") == "old"
+        assert await raw.call([("SMEMBERS", prefix + "k:k")]) == [[b"t"]]
+        assert await cache.invalidate_by_tag("t") == 1
+        assert await cache.get("k") is None
+        tasks.cancel_scope.cancel()
 
 
 async def test_a_tag_set_emptied_by_shedding_gets_the_new_entrys_ttl(

@@ -134,6 +134,16 @@ class LayerContract:
             assert await cache.invalidate_by_tag("new") == 1
             assert await cache.get("a") is None
 
+    async def test_overwrite_without_tags_drops_them(self) -> None:
+        async with self.stack() as (cache, _):
+            await cache.set("a", 1, tags=["old"])
+            await cache.set("a", 2)
+            assert await cache.invalidate_by_tag("old") == 0
+            assert await cache.get("a") == 2
+            await cache.set("a", 3, tags=["old"])
+            assert await cache.invalidate_by_tag("old") == 1
+            assert await cache.get("a") is None
+
     async def test_deleted_key_leaves_its_tags(self) -> None:
         async with self.stack() as (cache, _):
             await cache.set("a", 1, tags=["t"])
