@@ -17,21 +17,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis_layer import DEFAULT_TIMEOUT
 from ._serializers import JsonSerializer
-from ._validation import check_key, check_tag, check_ttl
+from ._validation import MAX_KEY_LENGTH, check_key, check_tag, check_ttl
 
 _JSON = JsonSerializer()
 """The messages' JSON (orjson when installed): what the values use too."""
 MAGIC = b"LCI1"
 MAX_MESSAGE = 64 * 1024
 """Largest message sent or accepted, in bytes; longer key lists are split."""
-_SIGNED, _UNSIGNED = b"S", b"U"
+_SIGNED, _UNSIGNED = ord("S"), ord("U")
+_KIND = len(MAGIC)
+"""Where the kind byte (signed or not) is; the body, or the signature, follows it."""
+_BODY = _KIND + 1
 _SIGNATURE = 32
+_SIGNED_HEADER, _UNSIGNED_HEADER = MAGIC + b"S", MAGIC + b"U"
 OPERATIONS = ("keys", "tag", "clear")
 
 
@@ -56,9 +61,9 @@ def encode(message: BusMessage, secret: bytes | None) -> bytes:
         {"o": message.origin, "op": message.op, "k": list(message.keys), "t": message.tag}
     )
     if secret is None:
-        data = MAGIC + _UNSIGNED + body
+        data = _UNSIGNED_HEADER + body
     else:
-        data = MAGIC + _SIGNED + _sign(secret, body) + body
+        data = _SIGNED_HEADER + _sign(secret, body) + body
     if len(data) > MAX_MESSAGE:
         raise ValueError("bus message too large; split the keys")  # split_keys prevents it
     return data
@@ -69,25 +74,25 @@ def origin_marker(origin: str) -> bytes:
     return _JSON.dumps({"o": origin})[:-1] + b","
 
 
-def sent_by(data: object, marker: bytes) -> bool:
-    """Whether ``data`` is a message whose body begins with ``marker`` (see
-    :func:`origin_marker`): a stack skips its own messages without decoding them. (A
-    forgery claiming to be ours is skipped as well, which is what rejecting it does.)"""
-    if not isinstance(data, bytes) or not data.startswith(MAGIC):
-        return False
-    start = len(MAGIC) + 1 + (_SIGNATURE if data[len(MAGIC) : len(MAGIC) + 1] == _SIGNED else 0)
-    return data.startswith(marker, start)
+_BUDGET = MAX_MESSAGE - 512
+"""Room for keys in one message (the rest: header, signature, origin, punctuation)."""
+_ALWAYS_FIT = _BUDGET // (MAX_KEY_LENGTH * 6 + 8)
+"""How many keys fit in one message however long (checked) and escaped they are."""
 
 
-def split_keys(origin: str, keys: list[str]) -> list[BusMessage]:
-    """Invalidation messages for ``keys``, each within :data:`MAX_MESSAGE` once encoded."""
-    budget = MAX_MESSAGE - 512  # header, signature, origin and JSON punctuation
+def split_keys(origin: str, keys: Sequence[str]) -> list[BusMessage]:
+    """Invalidation messages for ``keys`` (checked: at most :data:`MAX_KEY_LENGTH` long),
+    each within :data:`MAX_MESSAGE` once encoded."""
+    if 0 < len(keys) <= _ALWAYS_FIT:
+        return [BusMessage(origin, "keys", tuple(keys))]
+    budget = _BUDGET
     messages: list[BusMessage] = []
     chunk: list[str] = []
     size = 0
     for key in keys:
-        # Worst case JSON escaping of a character is \\uXXXX (6 bytes).
-        cost = len(key.encode()) * 2 + 8 if key.isascii() else len(key) * 6 + 8
+        # Printable ASCII costs at most 2 bytes a character (a quote or backslash is
+        # escaped); anything else at most 6 (a control character's escape; UTF-8 is less).
+        cost = len(key) * 2 + 8 if key.isascii() and key.isprintable() else len(key) * 6 + 8
         if chunk and size + cost > budget:
             messages.append(BusMessage(origin, "keys", tuple(chunk)))
             chunk, size = [], 0
@@ -98,37 +103,40 @@ def split_keys(origin: str, keys: list[str]) -> list[BusMessage]:
     return messages
 
 
-def decode(data: object, secret: bytes | None) -> BusMessage:
-    """Parse and check a message from the channel.
+def decode(data: object, secret: bytes | None, own: bytes = b"") -> BusMessage | None:
+    """Parse and check a message from the channel; None if its body begins with ``own``
+    (see :func:`origin_marker`): a stack skips its own messages without decoding them. (A
+    forgery claiming to be ours is skipped as well, which is what rejecting it does.)
 
     :raises Rejected: oversized, malformed, unsigned or forged (with a secret).
     """
-    if not isinstance(data, bytes):
+    if type(data) is not bytes:
         raise Rejected("malformed")
     if len(data) > MAX_MESSAGE:
         raise Rejected("oversized")
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 1:
+    if len(data) <= _KIND or not data.startswith(MAGIC):
         raise Rejected("malformed")
-    kind = data[len(MAGIC) : len(MAGIC) + 1]
-    rest = data[len(MAGIC) + 1 :]
+    kind = data[_KIND]
+    start = _BODY + _SIGNATURE if kind == _SIGNED else _BODY
+    if own and data.startswith(own, start):
+        return None
+    body = data[start:]
     if kind == _SIGNED:
-        signature, body = rest[:_SIGNATURE], rest[_SIGNATURE:]
-        if secret is not None and not hmac.compare_digest(signature, _sign(secret, body)):
+        if secret is not None and not hmac.compare_digest(data[_BODY:start], _sign(secret, body)):
             raise Rejected("forged")
     elif kind == _UNSIGNED:
         if secret is not None:
             raise Rejected("unsigned")
-        body = rest
     else:
         raise Rejected("malformed")
     try:
         fields = _JSON.loads(body)
-        if not isinstance(fields, dict):
+        if type(fields) is not dict:
             raise Rejected("malformed")
         origin, op, keys, tag = fields["o"], fields["op"], fields["k"], fields["t"]
-        if not isinstance(origin, str) or op not in OPERATIONS or not isinstance(keys, list):
+        if type(origin) is not str or op not in OPERATIONS or type(keys) is not list:
             raise Rejected("malformed")
-        checked = tuple([check_key(key) for key in keys])
+        checked = tuple(map(check_key, keys))
         if op == "tag":
             tag = check_tag(tag)
         elif tag is not None:
@@ -141,7 +149,7 @@ def decode(data: object, secret: bytes | None) -> BusMessage:
 
 
 def _sign(secret: bytes, body: bytes) -> bytes:
-    return hmac.digest(secret, MAGIC + _SIGNED + body, hashlib.sha256)
+    return hmac.digest(secret, _SIGNED_HEADER + body, hashlib.sha256)
 
 
 class RedisInvalidationBus:

@@ -30,7 +30,6 @@ from ._bus import (
     decode,
     encode,
     origin_marker,
-    sent_by,
 )
 from ._exceptions import LayerUnavailableError
 from ._redis._adapter import ClientTransport
@@ -203,17 +202,14 @@ class InvalidationListener:
 
     def handle(self, payload: object) -> None:
         """Check one message from the channel and apply it (synchronous)."""
-        if sent_by(payload, self._marker):
-            self.ignored += 1  # our own, heard back: nothing to decode
-            return
         try:
-            message = decode(payload, self.bus.secret)
+            message = decode(payload, self.bus.secret, self._marker)
         except Rejected as rejection:
             self.rejected[rejection.reason] += 1
             logger.debug("dropped a bus message: %s", rejection.reason)
             return
-        if message.origin == self.origin:
-            self.ignored += 1
+        if message is None or message.origin == self.origin:
+            self.ignored += 1  # our own, heard back (None: recognised before decoding)
             return
         self.received += 1
         try:

@@ -565,7 +565,7 @@ class RedisLayer(Layer):
         return found
 
     async def write_many(
-        self, writes: Sequence[Write], *, announce: Announcement | None = None
+        self, writes: Sequence[Write], announce: Announcement | None = None
     ) -> None:
         """Store ``writes``; ``announce`` (the stack's) follows them in the same batch."""
         if not writes:

@@ -12,7 +12,6 @@ layers are, so a load that read the old state can never write it back afterwards
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import secrets
@@ -150,6 +149,10 @@ class CacheStack:
             self._local += (layer,)
         self._every_local = tuple(layer for layer in self._layers if isinstance(layer, LocalLayer))
         """Every in-process layer, leading or not: what the bus invalidates."""
+        self._remote_layers = tuple(
+            layer for layer in self._layers if layer not in self._every_local
+        )
+        """The layers that need I/O, in order."""
         self._coordinator = Coordinator(self._load, self._read_flights)
         # One remote layer behind the local ones: lone reads take the direct path.
         remote = self._layers[len(self._local) :]
@@ -645,7 +648,11 @@ class CacheStack:
 
         :raises SerializationError: a layer cannot encode ``value``; no layer is written.
         """
-        await self.set_many({key: value}, ttl=ttl, tags=tags)
+        self._check_open()
+        checked_key = check_key(key)
+        checked_ttl, checked_tags = check_ttl(ttl), check_tags(tags)
+        writes = self._encode(checked_key, value, checked_ttl, checked_tags)
+        await self._write((checked_key,), writes)
 
     async def set_many(
         self, mapping: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
@@ -667,6 +674,10 @@ class CacheStack:
             encoded = self._encode(key, mapping[key], checked_ttl, checked_tags)
             for layer, layer_writes in encoded.items():
                 writes[layer].extend(layer_writes)
+        await self._write(keys, writes)
+
+    async def _write(self, keys: Sequence[str], writes: Mapping[Layer, Sequence[Write]]) -> None:
+        """Store ``writes`` (checked, encoded), then tell the other stacks about ``keys``."""
         # Fenced before the slower layers are written and again before the local ones:
         # a load in flight at any moment of this write will not write back after it.
         messages = split_keys(self.origin, keys)
@@ -711,15 +722,14 @@ class CacheStack:
                 assert self.single_flight_coordinator is not None
                 self.single_flight_coordinator.lost_lock()
                 return False
-        for layer, layer_writes in writes.items():
-            if isinstance(layer, LocalLayer) or (token is not None and layer is lock_layer):
+        announcer = self._announcer if announce is not None else None
+        for layer in self._remote_layers:
+            if token is not None and layer is lock_layer:
                 continue
-            carrier = self._carrier(layer, announce)
-            if carrier is not None:
-                request = functools.partial(carrier.write_many, announce=announce)
-                await self._remote(layer, request, layer_writes, write=True)
+            if layer is announcer:
+                await self._remote(layer, announcer.write_many, writes[layer], announce, write=True)
             else:
-                await self._remote(layer, layer.write_many, layer_writes, write=True)
+                await self._remote(layer, layer.write_many, writes[layer], write=True)
         return True
 
     def _write_local(self, writes: Mapping[Layer, Sequence[Write]]) -> None:

@@ -30,7 +30,6 @@ from layercache._bus import (
     decode,
     encode,
     origin_marker,
-    sent_by,
     split_keys,
 )
 from layercache._listener import InvalidationListener
@@ -38,6 +37,7 @@ from layercache._redis._address import parse_redis_url
 from layercache._redis._connection import Connection
 from layercache._redis._transport import Transport
 from layercache._stack import _announcer
+from layercache._validation import MAX_KEY_LENGTH
 
 SECRET = b"a shared secret of some length"
 
@@ -64,10 +64,14 @@ def test_a_stack_recognises_its_own_messages_without_decoding(secret: bytes | No
         BusMessage("a" * 32, "clear"),
     ):
         data = encode(message, secret)
-        assert sent_by(data, ours)
-        assert not sent_by(data, theirs)
+        assert decode(data, secret, ours) is None
+        assert decode(data, secret, theirs) == message
+        assert decode(data, secret) == message
+    forged = encode(BusMessage("a" * 32, "clear"), b"another secret")
+    assert decode(forged, secret, ours) is None  # skipped, as rejecting it would
     for garbage in (b"", b"LCI1", b"LCI1S", b"junk" * 10, "text", None):
-        assert not sent_by(garbage, ours)
+        with pytest.raises(Rejected):
+            decode(garbage, secret, ours)
 
 
 def _rejection(data: object, secret: bytes | None = SECRET) -> str:
@@ -103,12 +107,28 @@ def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
     assert _rejection(b"LCI1U" + b"[" * 5000, None) == "malformed"
 
 
-def test_long_key_lists_are_split_within_the_bound() -> None:
-    keys = [f"ключ:{n}:" + "é" * 500 for n in range(300)]
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [f"ключ:{n}:" + "é" * 500 for n in range(300)],
+        [f"{n}:" + "\x01" * 1000 for n in range(60)],  # ASCII, each character 6 bytes
+        [f"{n}" for n in range(20_000)],
+    ],
+    ids=["non-ASCII", "control characters", "many short"],
+)
+def test_long_key_lists_are_split_within_the_bound(keys: list[str]) -> None:
     messages = split_keys("origin", keys)
     assert len(messages) > 1
     assert [key for message in messages for key in message.keys] == keys
     assert all(len(encode(message, SECRET)) <= MAX_MESSAGE for message in messages)
+
+
+@pytest.mark.parametrize("count", [1, 2, 10])
+def test_a_few_keys_of_any_length_go_in_one_message(count: int) -> None:
+    keys = [f"{n}:" + "\x01" * (MAX_KEY_LENGTH - 4) for n in range(count)]
+    (message,) = split_keys("origin", keys)
+    assert message.keys == tuple(keys)
+    assert len(encode(message, SECRET)) <= MAX_MESSAGE
 
 
 # -- stacks on one channel ----------------------------------------------------------------

@@ -152,7 +152,7 @@ def _payloads(replies: list[object]) -> list[object]:
     return [
         reply[2]
         for reply in replies
-        if _kind(reply) == b"message" and isinstance(reply, list) and len(reply) == 3
+        if type(reply) is list and len(reply) == 3 and reply[0] == b"message"
     ]
 
 
