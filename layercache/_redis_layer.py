@@ -42,15 +42,7 @@ from ._redis._errors import (
     RedisError,
     RedisReplyError,
 )
-from ._redis._scripts import (
-    DELETE,
-    INVALIDATE_TAG,
-    SCRIPTS,
-    WRITE,
-    Script,
-    run_scripts,
-    untagged_write,
-)
+from ._redis._scripts import DELETE, INVALIDATE_TAG, SCRIPTS, WRITE, Script, run_scripts
 from ._redis._transport import Transport
 from ._reply import ReplySlot
 from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
@@ -570,9 +562,7 @@ class RedisLayer(Layer):
         """Store ``writes``; ``announce`` (the stack's) follows them in the same batch."""
         if not writes:
             return
-        commands: list[Command] = []
-        for write in writes:
-            commands += self._write_commands(write)
+        commands = [self._write_command(write) for write in writes]
         await self._call(commands, (WRITE,), announce)
         self._writes += len(writes)
 
@@ -581,39 +571,31 @@ class RedisLayer(Layer):
 
         Store a single-flight lock holder's result, only while the key's lock still
         holds ``token``: False (nothing written) if a change to the key took it away."""
-        (reply,) = await self._call(self._write_commands(write, token), (WRITE,))
+        (reply,) = await self._call([self._write_command(write, token)], (WRITE,))
         written = reply == 1
         self._writes += written
         return written
 
-    def _write_commands(self, write: Write, token: str = "") -> list[Command]:
-        """A lock holder's write (``token``) is one WRITE call, whose reply says whether
-        it was stored; any other write's last reply is its outcome."""
+    def _write_command(self, write: Write, token: str = "") -> Command:
         body = write.value
         if not isinstance(body, bytes):
             body = self.encode(body)
         ttl_ms = 0 if write.ttl is None else max(1, math.ceil(write.ttl * 1000))
-        envelope = wrap(self.serializer, body, write.tags)
-        space, key = self.keys, write.key
-        if not write.tags and not token:
-            return untagged_write(
-                space.values + key, space.key_tags + key, space.locks + key, envelope, ttl_ms
-            )
         tags = sorted(write.tags)
-        keys = [space.values + key, space.key_tags + key]
-        keys.extend(space.tag_sets + tag for tag in tags)
+        keys = [self.keys.values + write.key, self.keys.key_tags + write.key]
+        keys.extend(self.keys.tag_sets + tag for tag in tags)
+        envelope = wrap(self.serializer, body, write.tags)
         arguments: list[str | bytes | int] = [
             envelope,
             ttl_ms,
-            key,
-            space.tag_sets,
-            space.values,
-            space.locks,
+            write.key,
+            self.keys.tag_sets,
+            self.keys.values,
+            self.keys.locks,
             token,
-            space.key_tags,
             *tags,
         ]
-        return [WRITE.evalsha(keys, arguments)]
+        return WRITE.evalsha(keys, arguments)
 
     def _delete_commands(self, keys: Sequence[str]) -> list[Command]:
         commands: list[Command] = []

@@ -3,13 +3,11 @@
 Layout under a stack's prefix ``P`` (see docs/redis.md):
 
 - ``P v:<key>``  the value (an envelope), with the entry's TTL;
-- ``P t:<tag>``  a set of the keys carrying the tag, and of keys that did: a write
-  without tags (plain commands, no script) leaves the key behind, so a member counts
-  only while ``P k:<key>`` still names the tag. It lives as long as its longest-lived
-  member (or forever if one never expires), so it never outlasts its entries by more
-  than that;
-- ``P k:<key>``  a set of the key's tags, with the value's TTL: what a tag invalidation
-  checks, and how a tagged overwrite or a delete takes the key out of its tag sets;
+- ``P t:<tag>``  a set of the keys carrying the tag; it lives as long as its longest-
+  lived member (or forever if one never expires), so it never outlasts its entries by
+  more than that;
+- ``P k:<key>``  a set of the key's tags, with the value's TTL, so an overwrite or a
+  delete can take the key out of every tag set it was in;
 - ``P l:<key>``  the single-flight lock of a load in flight (a random token, with the
   lease as TTL). Any change to the key (a write, a delete, an invalidation of one of the
   load's tags, a clear) deletes it, and the holder writes its result only while its token
@@ -46,21 +44,20 @@ class Script:
 
 # KEYS: value key, key-tags key, tag-set keys...   ARGV: envelope, ttl ms (0 = none),
 # user key, tag-set prefix, value prefix, lock prefix, lock token ('' = not a lock
-# holder's write), key-tags prefix, tags...
+# holder's write), tags...
 # A holder's write happens only while its lock still holds its token (returns 0 if not);
 # any other write deletes the key's lock, so a load that began earlier cannot store its
 # result over this one.
-# Each tag set also sheds up to two members which no load is filling and whose values
-# are gone (expired) or no longer carry the tag: writes keep a busy tag's set alive, so
-# without this it would collect every key it ever held.
-# A write with no tags and no lock token needs none of this: see UNTAGGED_WRITE.
+# Each tag set also sheds up to two members whose values are gone (expired) and which
+# no load is filling: writes keep a busy tag's set alive, so without this it would
+# collect every key it ever held.
 # The SET comes first: Redis checks maxmemory only at a script's first write, and only
 # if that write may use memory; starting with SREM/DEL would slip past the limit. (The
 # lock check before it only reads.)
 WRITE = Script("""
 local vkey, kkey = KEYS[1], KEYS[2]
 local ttl, key, tprefix, vprefix = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local lkey, token, kprefix = ARGV[6] .. key, ARGV[7], ARGV[8]
+local lkey, token = ARGV[6] .. key, ARGV[7]
 if token ~= '' and redis.call('GET', lkey) ~= token then
   return 0
 end
@@ -79,9 +76,7 @@ redis.call('DEL', kkey)
 for i = 3, #KEYS do
   local tkey = KEYS[i]
   for _, member in ipairs(redis.call('SRANDMEMBER', tkey, 2)) do
-    if redis.call('EXISTS', ARGV[6] .. member) == 0 and (
-        redis.call('EXISTS', vprefix .. member) == 0
-        or redis.call('SISMEMBER', kprefix .. member, ARGV[i + 6]) == 0) then
+    if redis.call('EXISTS', vprefix .. member, ARGV[6] .. member) == 0 then
       redis.call('SREM', tkey, member)
     end
   end
@@ -89,7 +84,7 @@ for i = 3, #KEYS do
   local existed = redis.call('EXISTS', tkey)
   local left = redis.call('PTTL', tkey)
   redis.call('SADD', tkey, key)
-  redis.call('SADD', kkey, ARGV[i + 6])
+  redis.call('SADD', kkey, ARGV[i + 5])
   if ttl == 0 then
     redis.call('PERSIST', tkey)
   elseif existed == 0 or (left >= 0 and left < ttl) then
@@ -101,28 +96,6 @@ if #KEYS > 2 and ttl > 0 then
 end
 return 1
 """)
-
-
-def untagged_write(
-    value_key: str, key_tags: str, lock: str, envelope: bytes, ttl_ms: int
-) -> list[Command]:
-    """The commands of a write without tags and without a lock token: WRITE's effect
-    with no script to run (cheaper for Redis, and on the way to the bus's PUBLISH that
-    follows it). The key stays in its old tag sets, which no longer count it once its
-    key-tags set is gone (see INVALIDATE_TAG and WRITE's shedding). MULTI keeps it one
-    change: a SET that maxmemory refuses aborts the whole transaction, so an old value
-    never loses its tags."""
-    store: Command = (
-        ("SET", value_key, envelope, "PX", ttl_ms)
-        if ttl_ms
-        else (
-            "SET",
-            value_key,
-            envelope,
-        )
-    )
-    return [("MULTI",), store, ("DEL", lock, key_tags), ("EXEC",)]
-
 
 # KEYS: value key 1, key-tags key 1, value key 2, ...   ARGV: tag-set prefix, lock prefix,
 # user keys...   Also deletes the keys' locks (see WRITE).
@@ -142,26 +115,22 @@ return removed
 """)
 
 # KEYS: the tag set.   ARGV: tag-set prefix, value prefix, key-tags prefix, lock prefix,
-# the tag. Returns the keys whose values it removed: those whose key-tags set still names
-# the tag (a member rewritten without tags keeps its value). The set also holds the keys
-# that loads carrying the tag are filling (see ACQUIRE): their locks go, so they store
-# nothing.
+# the tag. Returns the keys whose values it removed. The set also holds the keys that
+# loads carrying the tag are filling (see ACQUIRE): their locks go, so they store nothing.
 INVALIDATE_TAG = Script("""
 local tprefix, vprefix, kprefix, lprefix, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local removed = {}
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   redis.call('DEL', lprefix .. key)
   local kkey = kprefix .. key
-  if redis.call('SISMEMBER', kkey, tag) == 1 then
-    for _, other in ipairs(redis.call('SMEMBERS', kkey)) do
-      if other ~= tag then
-        redis.call('SREM', tprefix .. other, key)
-      end
+  for _, other in ipairs(redis.call('SMEMBERS', kkey)) do
+    if other ~= tag then
+      redis.call('SREM', tprefix .. other, key)
     end
-    redis.call('DEL', kkey)
-    if redis.call('DEL', vprefix .. key) == 1 then
-      removed[#removed + 1] = key
-    end
+  end
+  redis.call('DEL', kkey)
+  if redis.call('DEL', vprefix .. key) == 1 then
+    removed[#removed + 1] = key
   end
 end
 redis.call('DEL', KEYS[1])
