@@ -66,13 +66,14 @@ if ttl > 0 then
 else
   redis.call('SET', vkey, ARGV[1])
 end
-if token == '' then
-  redis.call('DEL', lkey)
-end
 for _, old in ipairs(redis.call('SMEMBERS', kkey)) do
   redis.call('SREM', tprefix .. old, key)
 end
-redis.call('DEL', kkey)
+if token == '' then
+  redis.call('DEL', kkey, lkey)
+else
+  redis.call('DEL', kkey)
+end
 for i = 3, #KEYS do
   local tkey = KEYS[i]
   for _, member in ipairs(redis.call('SRANDMEMBER', tkey, 2)) do
