@@ -334,7 +334,7 @@ class CacheStack:
         :raises TypeError: a key that is not str, a fetcher that is not callable or does
             not return an awaitable, bad ``ttl``/``tags`` types.
         :raises ValueError: an empty or too long key, a TTL that is not positive and
-            finite, an empty tag.
+            finite or is over 10**12 seconds, an empty tag.
         :raises CacheClosedError: outside the stack's ``async with`` block.
         :raises SerializationError: a fetched value a layer cannot store (nothing is
             written).

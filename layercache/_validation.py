@@ -12,6 +12,10 @@ from typing import TypeGuard
 
 MAX_KEY_LENGTH = 1024
 """Longest key (and tag) accepted, in characters."""
+MAX_TTL = 1e12
+"""Longest TTL (or other duration) accepted, in seconds: some 31,700 years. Redis keeps
+expiry times in milliseconds and refuses a write whose expiry it cannot hold, which a
+layer would report as a failure of Redis rather than of the argument."""
 
 
 def check_key(key: object) -> str:
@@ -43,8 +47,11 @@ def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(ttl).__name__}")
-    if not (math.isfinite(ttl) and ttl > 0):
-        raise ValueError(f"{name} must be a positive finite number of seconds, got {ttl!r}")
+    if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL):
+        raise ValueError(
+            f"{name} must be a positive finite number of seconds (at most {MAX_TTL:.0e}), "
+            f"got {ttl!r}"
+        )
     return float(ttl)
 
 

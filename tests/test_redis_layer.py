@@ -29,6 +29,7 @@ from layercache import (
 from layercache._redis._address import parse_redis_url
 from layercache._redis._errors import RedisConnectionError
 from layercache._redis._transport import Transport
+from layercache._validation import MAX_TTL
 from layercache.testing import LayerContract
 
 from .helpers import GatedFetcher
@@ -550,6 +551,17 @@ async def test_tag_sets_shed_members_whose_values_are_gone(
         assert isinstance(size, int)
         assert 200 <= size < 300  # every live key is there; dead ones were shed
         assert await cache.invalidate_by_tag("busy") == 200
+
+
+async def test_the_longest_ttl_accepted_is_one_redis_can_hold(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    async with CacheStack([RedisLayer(url=redis_server.url, prefix=prefix)]) as cache:
+        await cache.set("plain", 1, ttl=MAX_TTL)
+        await cache.set("tagged", 2, ttl=MAX_TTL, tags=["t"])
+        assert await cache.get_many(["plain", "tagged"]) == {"plain": 1, "tagged": 2}
+        left = await raw.call([("PTTL", prefix + "v:plain"), ("PTTL", prefix + "t:t")])
+        assert all(isinstance(ms, int) and ms > MAX_TTL * 999 for ms in left)
 
 
 async def test_a_write_refused_by_maxmemory_leaves_the_old_value_and_its_tags(

@@ -13,6 +13,7 @@ from layercache import (
     GracefulDegradation,
     MemoryLayer,
 )
+from layercache._validation import MAX_TTL
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +30,7 @@ BAD_TTLS: list[tuple[Any, type[Exception]]] = [
     (-1, ValueError),
     (math.inf, ValueError),
     (math.nan, ValueError),
+    (MAX_TTL * 10, ValueError),  # beyond what Redis can expire
     ("60", TypeError),
     (True, TypeError),
 ]
