@@ -649,8 +649,8 @@ class CacheStack:
         :raises SerializationError: a layer cannot encode ``value``; no layer is written.
         """
         self._check_open()
-        checked_key = check_key(key)
         checked_ttl, checked_tags = check_ttl(ttl), check_tags(tags)
+        checked_key = check_key(key)  # after them, as set_many checks its keys
         writes = self._encode(checked_key, value, checked_ttl, checked_tags)
         await self._write((checked_key,), writes)
 

@@ -13,9 +13,9 @@ from typing import TypeGuard
 MAX_KEY_LENGTH = 1024
 """Longest key (and tag) accepted, in characters."""
 MAX_TTL = 1e12
-"""Longest TTL (or other duration) accepted, in seconds: some 31,700 years. Redis keeps
-expiry times in milliseconds and refuses a write whose expiry it cannot hold, which a
-layer would report as a failure of Redis rather than of the argument."""
+"""Longest TTL (or other duration) accepted, in seconds: some 31,700 years, well within
+what Redis can expire. (Far beyond it, about 10**14 s through the scripts, Redis refuses
+the write, which a layer would report as a failure of Redis, not of the argument.)"""
 
 
 def check_key(key: object) -> str:
@@ -47,12 +47,16 @@ def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(ttl).__name__}")
-    if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL):
+    try:
+        seconds = float(ttl)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TTL):
         raise ValueError(
             f"{name} must be a positive finite number of seconds (at most {MAX_TTL:.0e}), "
             f"got {ttl!r}"
         )
-    return float(ttl)
+    return seconds
 
 
 def check_tags(tags: object) -> frozenset[str]:

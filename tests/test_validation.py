@@ -30,7 +30,8 @@ BAD_TTLS: list[tuple[Any, type[Exception]]] = [
     (-1, ValueError),
     (math.inf, ValueError),
     (math.nan, ValueError),
-    (MAX_TTL * 10, ValueError),  # beyond what Redis can expire
+    (MAX_TTL * 10, ValueError),  # longer than any entry should live
+    (10**400, ValueError),  # too large for a float
     ("60", TypeError),
     (True, TypeError),
 ]
@@ -82,6 +83,26 @@ async def test_bad_ttls_are_rejected(ttl: Any, error: type[Exception]) -> None:
             await cache.get("k", ttl=ttl)
     with pytest.raises(error):
         MemoryLayer(ttl=ttl)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({"ttl": 0}, ValueError),
+        ({"tags": "t"}, TypeError),
+        ({"tags": [""]}, ValueError),
+    ],
+)
+async def test_set_and_set_many_check_in_the_same_order(
+    arguments: dict[str, Any], error: type[Exception]
+) -> None:
+    """With a bad key as well, both report the TTL or tags first."""
+    key: Any = 1
+    async with CacheStack([MemoryLayer()]) as cache:
+        with pytest.raises(error):
+            await cache.set(key, 1, **arguments)
+        with pytest.raises(error):
+            await cache.set_many({key: 1}, **arguments)
 
 
 @pytest.mark.parametrize(("tags", "error"), BAD_TAGS)
