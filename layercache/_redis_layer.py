@@ -9,8 +9,9 @@ inbox and sends them as one batch: the keys of all the reads become one ``MGET``
 ``PTTL`` per key, so a hit carries its remaining TTL), the calls' commands follow in the
 same pipeline. 200 concurrent reads cost one or two round trips, not 200.
 
-Callers wait on a one-shot reply slot with the layer's ``timeout`` as deadline; they
-never touch the socket, so a cancelled or timed-out caller leaves the connection in step.
+Callers wait on a one-shot reply slot with the layer's ``timeout`` as deadline (a lone
+read on trio reads its own reply, and hands the reading back however it ends), so a
+cancelled or timed-out caller leaves the connection in step.
 Bytes that are not a value this layer wrote are a miss: the key is deleted and counted
 (``statistics().layers[i].corrupt``), and nothing in them is executed.
 """
@@ -68,6 +69,9 @@ class CallbackReply:
     def __init__(self, callback: Callable[[Any], None]) -> None:
         self._callback = callback
         self._done = False
+
+    def is_done(self) -> bool:
+        return self._done
 
     def set(self, value: object) -> None:
         if not self._done:
@@ -470,21 +474,32 @@ class RedisLayer(Layer):
     def encode(self, value: object) -> bytes:
         return self.serializer.dumps(value)
 
-    async def read_now(self, keys: Sequence[str], done: ReadDone) -> bool:
+    async def read_now(
+        self, keys: Sequence[str], done: ReadDone, *, read_reply: bool = False
+    ) -> bool:
         """Internal (the stack's).
 
         Write a read at once if the connection is idle; ``done`` gets the result.
 
         The fast path for a lone cold read: the calling task writes the request itself
-        (a small write to an idle connection does not block), and the
-        transport's reader hands the reply to ``done``, so the read costs two task
-        switches instead of a trip through the actor. Returns False, doing nothing,
-        when a round trip is already under way: the caller should batch instead.
-        ``done`` may be called before this returns (no connection, say). The caller
-        need not stay: nobody waits on the socket, the reader completes the read.
+        (a small write to an idle connection does not block), and the transport hands
+        the reply to ``done``: no trip through the actor. With ``read_reply`` (for a
+        caller with nothing else in flight: others are served sooner by the reader),
+        on trio's direct connections the caller also reads the reply itself
+        (``Transport.read_own``), so ``done`` has usually run when this returns.
+        Returns False, doing nothing, when a round
+        trip is already under way: the caller should batch instead. ``done`` may be
+        called before this returns (no connection, say). The caller need not stay: if
+        it is cancelled, the transport's reader completes the read.
         """
-        request = Read(tuple(keys), CallbackReply(done), self._now() + self.timeout)
-        return await self._send_now(request)
+        reply = CallbackReply(done)
+        request = Read(tuple(keys), reply, self._now() + self.timeout)
+        if not await self._send_now(request):
+            return False
+        transport = self._transport
+        if read_reply and isinstance(transport, Transport):
+            await transport.read_own(reply.is_done)
+        return True
 
     async def _send_now(self, request: Request) -> bool:
         """Send ``request`` from the caller's task if the layer is idle: no request

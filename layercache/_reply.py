@@ -44,6 +44,13 @@ class ReplySlot(Generic[T]):
             self._error = error
             self._done.set()
 
+    def result(self) -> T:
+        """What a filled slot holds (its error raised): :meth:`wait` without the wait."""
+        assert self._done.is_set(), "the slot is empty"
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
     async def wait(self) -> T:
         await self._done.wait()
         if self._error is not None:

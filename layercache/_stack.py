@@ -384,7 +384,10 @@ class CacheStack:
         if start:
             await self._read_directly(flight)
         try:
-            value, source = await self._coordinator.wait(flight)
+            if flight.reply.done:  # answered already: the read was this task's own
+                value, source = flight.reply.result()
+            else:
+                value, source = await self._coordinator.wait(flight)
         except Exception:
             self._misses += 1  # no layer answered; the fetcher (or a layer) failed
             raise
@@ -472,7 +475,9 @@ class CacheStack:
             self._coordinator.complete(flight, (hit.value, layer.name))
 
         try:
-            sent = await layer.read_now((key,), done)
+            # A lone load reads its reply itself where it can (see read_now).
+            alone = self._coordinator.loads_in_flight == 1
+            sent = await layer.read_now((key,), done, read_reply=alone)
         except BaseException as error:
             # Not sent after all: nobody else would answer this flight's callers. A
             # cancelled caller's flight goes to the batched path (its other callers did

@@ -217,6 +217,43 @@ async def test_latency_within_the_timeout_is_only_slow(
             assert (stats.state, stats.errors, stats.hits) == ("healthy", 0, 1)
 
 
+async def test_a_lone_reader_cancelled_mid_read_leaves_its_reply_to_the_others(
+    proxy: FaultProxy, clock: FakeClock, prefix: str
+) -> None:
+    """A lone read's caller reads its reply itself (trio); cancelled while it waits, it
+    hands the reading back, and the reply still reaches the load's other callers."""
+    with anyio.fail_after(BOUND):
+        memory = MemoryLayer()
+        layer = RedisLayer(url=proxy.url, prefix=prefix, timeout=5.0)
+        async with CacheStack([memory, layer], clock=clock) as cache:
+            await cache.set_many({"k": "v", "next": "w"})
+            memory.clear_nowait()
+            proxy.delay(0.5)
+            seen = proxy.bytes_from_clients
+            first, second = anyio.CancelScope(), []
+
+            async def read_first() -> None:
+                with first:
+                    await cache.get("k")
+
+            async def read_second() -> None:
+                second.append(await cache.get("k"))
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(read_first)
+                sent = await anyio.to_thread.run_sync(proxy.wait_for_client_bytes, seen, 20.0)
+                assert sent
+                tasks.start_soon(read_second)
+                await anyio.wait_all_tasks_blocked()
+                first.cancel()
+            assert first.cancelled_caught
+            assert second == ["v"]
+            proxy.pass_through()
+            memory.clear_nowait()
+            assert await cache.get_many(["k", "next"]) == {"k": "v", "next": "w"}
+            assert redis_statistics(cache).errors == 0
+
+
 # -- Redis answers errors ----------------------------------------------------------------
 
 

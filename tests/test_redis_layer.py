@@ -653,3 +653,28 @@ async def test_a_request_past_its_deadline_is_answered_not_sent(
         assert transport.connected  # a caller that gave up does not cost the connection
         assert transport.disconnects == 0
         assert await cache.get("k") == 1
+
+
+async def test_after_a_lone_read_the_idle_connection_is_still_watched(
+    own_redis_server: Any, prefix: str
+) -> None:
+    """A lone read's caller may read its own reply (trio); once it is done, the
+    transport watches the idle connection again, and reconnects as soon as the server
+    drops it, before any request needs it."""
+    # A long timeout: no request deadline wakes the reader during the test.
+    layer = RedisLayer(url=own_redis_server.url, prefix=prefix, timeout=600)
+    raw = Transport(parse_redis_url(own_redis_server.url), timeout=5.0)
+    async with anyio.create_task_group() as tasks, CacheStack([layer]) as cache:
+        await tasks.start(raw.run)
+        await cache.set("k", 1)
+        for _ in range(3):
+            assert await cache.get("k") == 1
+        transport = _transport(layer)
+        assert (transport.connects, transport.disconnects) == (1, 0)
+        await raw.call([("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")])
+        with anyio.fail_after(10):
+            while transport.connects < 2:  # nothing is sent: only the reader can notice
+                await anyio.lowlevel.checkpoint()
+        assert transport.disconnects == 1
+        assert await cache.get("k") == 1
+        tasks.cancel_scope.cancel()

@@ -94,6 +94,12 @@ class Connection:
         """Replies arrive through :attr:`on_replies`, not :meth:`receive`."""
         return self._pushed is not None
 
+    @property
+    def reads_directly(self) -> bool:
+        """:meth:`receive` reads the socket itself (trio, plain sockets): a task that
+        cancels another's receive may read next, with nothing left half-read."""
+        return self._direct is not None
+
     def __repr__(self) -> str:
         return f"<Connection {self.address.display()}>"
 

@@ -3,8 +3,11 @@
 The owner (a layer actor) is the only writer: :meth:`Transport.send` packs a batch of
 commands, records it as pending and writes it. The transport's reader task parses
 replies in order and hands each batch its replies through the batch's ``deliver``
-callback. Callers never touch the socket: they wait on whatever ``deliver`` fills, so a
-cancelled caller cannot leave a reply unread or desynchronise the connection.
+callback. Callers wait on whatever ``deliver`` fills, so a cancelled caller cannot leave
+a reply unread or desynchronise the connection. One exception, on trio's direct
+connections: a caller that sent the only pending batch may read the replies itself
+(:meth:`Transport.read_own`) while the reader stands by, and hands the reading back
+however it ends.
 
 Deadlines: every batch has one (``timeout`` seconds after it was sent). If the oldest
 pending batch passes it with no reply, the connection is taken as dead: every pending
@@ -91,6 +94,13 @@ class Transport:
         self._connection: Connection | None = None
         self._pending: deque[_Batch] = deque()
         self._read_scope: anyio.CancelScope | None = None
+        self._idle_scope: anyio.CancelScope | None = None
+        """Set while the reader waits on an idle connection (no batch pending): a caller
+        that just sent the only batch may cancel it and read the replies itself."""
+        self._handed: Event | None = None
+        """Set while a caller reads; the reader stands by until it is set."""
+        self._standby = False
+        """The reader is standing by (or about to stop): it does not touch the socket."""
         self._writing: anyio.Event | None = None
         """Set while a batch the socket did not take at once is being written."""
         self._connected = anyio.Event()
@@ -279,15 +289,72 @@ class Transport:
             await self._break(connection, await connection.wait_lost())
             return
         while self._connection is connection:
-            try:
-                replies = await connection.receive()
-            except RedisConnectionError as error:
-                await self._break(connection, error)
-                return
-            broken = self._hand_out(connection, replies)
-            if broken is not None:
-                await self._break(connection, broken)
-                return
+            if self._handed is not None:
+                await self._stand_by()
+            elif self._pending:
+                if not await self._read_replies(connection):
+                    return
+            else:
+                # Idle: watch for the server closing, unless a caller takes over.
+                with anyio.CancelScope() as idle:
+                    self._idle_scope = idle
+                    try:
+                        if not await self._read_replies(connection):
+                            return
+                    finally:
+                        self._idle_scope = None
+
+    async def _stand_by(self) -> None:
+        """Wait while callers read (see :meth:`read_own`); a caller may take the read
+        over from one that is done before this task has run again."""
+        self._standby = True
+        try:
+            while (handed := self._handed) is not None:
+                await handed.wait()
+        finally:
+            self._standby = False
+
+    async def _read_replies(self, connection: Connection) -> bool:
+        """Read what arrives next and hand it out; False once the connection broke."""
+        try:
+            replies = await connection.receive()
+        except RedisConnectionError as error:
+            await self._break(connection, error)
+            return False
+        broken = self._hand_out(connection, replies)
+        if broken is not None:
+            await self._break(connection, broken)
+            return False
+        return True
+
+    async def read_own(self, done: Callable[[], bool]) -> None:
+        """Read the replies to the batch just sent in the calling task, until ``done()``
+        says it was delivered: on trio's direct connections this spares the reader
+        task's wake-up and the hand-over to the caller (one scheduler pass of two).
+
+        Only when the reader is not reading (it waits on an idle connection, or stands
+        by after another caller): it is told to stand by, so one task at a time reads
+        the socket. Otherwise this returns at once and the reader delivers as usual.
+        However this ends, cancelled included, the reading goes back to the reader,
+        with whatever was parsed so far kept by the connection's parser. Deadlines stay
+        the reader's: it breaks the connection of an overdue batch while standing by.
+        """
+        connection = self._connection
+        if connection is None or not connection.reads_directly or self._handed is not None:
+            return
+        idle = self._idle_scope
+        if idle is None and not self._standby:
+            return  # the reader is reading
+        handed = self._handed = self.new_event()
+        if idle is not None:
+            idle.cancel()  # it leaves its wait at once (trio), then stands by
+        try:
+            while not done() and self._connection is connection:
+                if not await self._read_replies(connection):
+                    return
+        finally:
+            self._handed = None
+            handed.set()
 
     def _hand_out(
         self, connection: Connection, replies: list[object]
