@@ -474,32 +474,39 @@ class RedisLayer(Layer):
     def encode(self, value: object) -> bytes:
         return self.serializer.dumps(value)
 
-    async def read_now(
-        self, keys: Sequence[str], done: ReadDone, *, read_reply: bool = False
-    ) -> bool:
+    async def read_now(self, keys: Sequence[str], done: ReadDone) -> Callable[[], bool] | None:
         """Internal (the stack's).
 
         Write a read at once if the connection is idle; ``done`` gets the result.
 
         The fast path for a lone cold read: the calling task writes the request itself
         (a small write to an idle connection does not block), and the transport hands
-        the reply to ``done``: no trip through the actor. With ``read_reply`` (for a
-        caller with nothing else in flight: others are served sooner by the reader),
-        on trio's direct connections the caller also reads the reply itself
-        (``Transport.read_own``), so ``done`` has usually run when this returns.
-        Returns False, doing nothing, when a round
-        trip is already under way: the caller should batch instead. ``done`` may be
-        called before this returns (no connection, say). The caller need not stay: if
-        it is cancelled, the transport's reader completes the read.
+        the reply to ``done``: no trip through the actor. Returns None, doing nothing,
+        when a round trip is already under way: the caller should batch instead.
+        Otherwise it returns a check of whether ``done`` has been called, for
+        :meth:`read_reply`. ``done`` may be called before this returns (no connection,
+        say). The caller need not stay: the transport's reader completes the read.
         """
         reply = CallbackReply(done)
         request = Read(tuple(keys), reply, self._now() + self.timeout)
         if not await self._send_now(request):
-            return False
+            return None
+        return reply.is_done
+
+    async def read_reply(self, delivered: Callable[[], bool]) -> bool:
+        """Internal (the stack's).
+
+        After :meth:`read_now`, read its reply in the calling task where the transport
+        allows it (trio, plain sockets: ``Transport.read_own``) rather than have its
+        reader task wake up and hand it over. True if this task read it (``done`` has
+        run, and this task has waited on the socket). Worth it for a caller with
+        nothing else in flight: others are served sooner by the reader. A cancelled
+        caller leaves the reading to the reader, which completes the read.
+        """
         transport = self._transport
-        if read_reply and isinstance(transport, Transport):
-            await transport.read_own(reply.is_done)
-        return True
+        if isinstance(transport, Transport):
+            return await transport.read_own(delivered)
+        return False
 
     async def _send_now(self, request: Request) -> bool:
         """Send ``request`` from the caller's task if the layer is idle: no request

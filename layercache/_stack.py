@@ -22,6 +22,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from ._bus import BusMessage, RedisInvalidationBus, split_keys
@@ -381,12 +382,16 @@ class CacheStack:
             self._misses += 1
             return default
         flight, start = self._coordinator.join(key, fetcher, checked_ttl, checked_tags)
-        if start:
-            await self._read_directly(flight)
+        read_it = start and await self._read_directly(flight)
         try:
-            if flight.reply.done:  # answered already: the read was this task's own
+            if read_it and flight.reply.done:  # this task read the answer (and waited)
                 value, source = flight.reply.result()
             else:
+                if flight.reply.done:
+                    # Answered with no I/O (a layer down or skipped): still let other
+                    # tasks run, or a caller retrying in a loop would starve them, the
+                    # transport's reconnect included (asyncio's set event does not yield).
+                    await anyio.lowlevel.checkpoint()
                 value, source = await self._coordinator.wait(flight)
         except Exception:
             self._misses += 1  # no layer answered; the fetcher (or a layer) failed
@@ -422,12 +427,13 @@ class CacheStack:
         self._misses += len(pending)
         return found
 
-    async def _read_directly(self, flight: Flight) -> None:
-        """Start a reading flight on the one remote layer; its reader completes it.
+    async def _read_directly(self, flight: Flight) -> bool:
+        """Start a reading flight on the one remote layer; its reader completes it,
+        unless the caller reads the reply itself (True: see ``RedisLayer.read_reply``).
 
         The caller has just missed every local layer (with no await since), so the
         read goes straight to the remote layer; the result is handled synchronously
-        in the transport's reader task by ``done`` below, exactly as ``_read_flights``
+        in the transport's reader task (or this one) by ``done`` below, as ``_read_flights``
         would: health accounting, backfill of the local layers, the flight's answer.
         """
         layer = self._direct
@@ -442,7 +448,7 @@ class CacheStack:
                 self._coordinator.complete(flight, (MISSING, None))
             else:
                 self._coordinator.complete(flight, health.refusal())
-            return
+            return False
 
         def done(result: tuple[dict[str, Hit], list[str]] | BaseException) -> None:
             # Runs in the transport's reader task: it must never raise into it.
@@ -475,9 +481,7 @@ class CacheStack:
             self._coordinator.complete(flight, (hit.value, layer.name))
 
         try:
-            # A lone load reads its reply itself where it can (see read_now).
-            alone = self._coordinator.loads_in_flight == 1
-            sent = await layer.read_now((key,), done, read_reply=alone)
+            delivered = await layer.read_now((key,), done)
         except BaseException as error:
             # Not sent after all: nobody else would answer this flight's callers. A
             # cancelled caller's flight goes to the batched path (its other callers did
@@ -488,10 +492,14 @@ class CacheStack:
             else:
                 self._coordinator.complete(flight, error)
             raise
-        if not sent:
+        if delivered is None:
             # A round trip is under way: join the batch that goes out after it.
             health.abandoned(probe)
             self._coordinator.gather(flight)
+            return False
+        # A lone load reads its own reply where it can; cancelled meanwhile, it leaves
+        # the read to the transport's reader, which still completes the flight.
+        return self._coordinator.loads_in_flight == 1 and await layer.read_reply(delivered)
 
     async def _clean_then_miss(self, layer: RedisLayer, corrupt: list[str], flight: Flight) -> None:
         try:

@@ -229,7 +229,7 @@ async def test_a_lone_reader_cancelled_mid_read_leaves_its_reply_to_the_others(
             await cache.set_many({"k": "v", "next": "w"})
             memory.clear_nowait()
             proxy.delay(0.5)
-            seen = proxy.bytes_from_clients
+            seen, batches = proxy.bytes_from_clients, layer._batches
             first, second = anyio.CancelScope(), []
 
             async def read_first() -> None:
@@ -248,6 +248,7 @@ async def test_a_lone_reader_cancelled_mid_read_leaves_its_reply_to_the_others(
                 first.cancel()
             assert first.cancelled_caught
             assert second == ["v"]
+            assert layer._batches == batches + 1  # the one read, not read again
             proxy.pass_through()
             memory.clear_nowait()
             assert await cache.get_many(["k", "next"]) == {"k": "v", "next": "w"}

@@ -20,6 +20,7 @@ import pytest
 
 from layercache import (
     CacheStack,
+    GracefulDegradation,
     LayerUnavailableError,
     MemoryLayer,
     PickleSerializer,
@@ -677,4 +678,35 @@ async def test_after_a_lone_read_the_idle_connection_is_still_watched(
                 await anyio.lowlevel.checkpoint()
         assert transport.disconnects == 1
         assert await cache.get("k") == 1
+        tasks.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("graceful", [False, True])
+async def test_gets_that_fail_at_once_still_let_other_tasks_run(graceful: bool) -> None:
+    """With Redis unreachable a get fails (or, graceful, misses) without any I/O; a
+    caller retrying in a loop must still yield, or the transport could never reconnect."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    layer = RedisLayer(url=f"redis://127.0.0.1:{port}", timeout=0.5)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    degradation = GracefulDegradation(retry_after=60) if graceful else None
+    stack = CacheStack([layer], graceful_degradation=degradation)
+    async with anyio.create_task_group() as tasks, stack as cache:
+        tasks.start_soon(tick)
+        before = ticks
+        for _ in range(20):
+            if graceful:
+                assert await cache.get("k", default="missed") == "missed"
+            else:
+                with pytest.raises(LayerUnavailableError):
+                    await cache.get("k")
+        assert ticks > before
         tasks.cancel_scope.cancel()

@@ -327,7 +327,7 @@ class Transport:
             return False
         return True
 
-    async def read_own(self, done: Callable[[], bool]) -> None:
+    async def read_own(self, done: Callable[[], bool]) -> bool:
         """Read the replies to the batch just sent in the calling task, until ``done()``
         says it was delivered: on trio's direct connections this spares the reader
         task's wake-up and the hand-over to the caller (one scheduler pass of two).
@@ -338,23 +338,30 @@ class Transport:
         However this ends, cancelled included, the reading goes back to the reader,
         with whatever was parsed so far kept by the connection's parser. Deadlines stay
         the reader's: it breaks the connection of an overdue batch while standing by.
+        True if this task did the reading.
         """
         connection = self._connection
-        if connection is None or not connection.reads_directly or self._handed is not None:
-            return
+        if (
+            done()
+            or connection is None
+            or not connection.reads_directly
+            or self._handed is not None
+        ):
+            return False
         idle = self._idle_scope
         if idle is None and not self._standby:
-            return  # the reader is reading
+            return False  # the reader is reading
         handed = self._handed = self.new_event()
         if idle is not None:
             idle.cancel()  # it leaves its wait at once (trio), then stands by
         try:
             while not done() and self._connection is connection:
                 if not await self._read_replies(connection):
-                    return
+                    break
         finally:
             self._handed = None
             handed.set()
+        return True
 
     def _hand_out(
         self, connection: Connection, replies: list[object]
