@@ -53,6 +53,4 @@ class ReplySlot(Generic[T]):
 
     async def wait(self) -> T:
         await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
+        return self.result()

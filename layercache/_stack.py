@@ -384,14 +384,14 @@ class CacheStack:
         flight, start = self._coordinator.join(key, fetcher, checked_ttl, checked_tags)
         read_it = start and await self._read_directly(flight)
         try:
-            if read_it and flight.reply.done:  # this task read the answer (and waited)
-                value, source = flight.reply.result()
-            else:
-                if flight.reply.done:
+            if flight.reply.done:
+                if not read_it:
                     # Answered with no I/O (a layer down or skipped): still let other
                     # tasks run, or a caller retrying in a loop would starve them, the
                     # transport's reconnect included (asyncio's set event does not yield).
                     await anyio.lowlevel.checkpoint()
+                value, source = flight.reply.result()
+            else:
                 value, source = await self._coordinator.wait(flight)
         except Exception:
             self._misses += 1  # no layer answered; the fetcher (or a layer) failed
@@ -735,12 +735,12 @@ class CacheStack:
                 assert self.single_flight_coordinator is not None
                 self.single_flight_coordinator.lost_lock()
                 return False
-        announcer = self._announcer if announce is not None else None
         for layer in self._remote_layers:
             if token is not None and layer is lock_layer:
                 continue
-            if layer is announcer:
-                await self._remote(layer, announcer.write_many, writes[layer], announce, write=True)
+            carrier = self._carrier(layer, announce)
+            if carrier is not None:
+                await self._remote(layer, carrier.write_many, writes[layer], announce, write=True)
             else:
                 await self._remote(layer, layer.write_many, writes[layer], write=True)
         return True
