@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import anyio
 
-from layercache import CacheStack, MemoryLayer, RedisInvalidationBus, RedisLayer, Write
+from layercache import CacheStack, MemoryLayer, Record, RedisInvalidationBus, RedisLayer
 from layercache._bus import BusMessage
 from layercache._redis._address import parse_redis_url
 from layercache._redis._connection import Connection, pack
@@ -69,11 +69,11 @@ def stamp_invalidations(b: CacheStack, stamped: Callable[[float], None]) -> None
         apply(message)
         applied = time.perf_counter()
         assert "k" not in memory.get_many_nowait(["k"])
-        memory.write_many_nowait([Write("k", 0, None)])
+        memory.write_many_nowait({"k": Record(0, None, None)})
         stamped(applied)
 
     listener._apply = apply_and_stamp
-    memory.write_many_nowait([Write("k", 0, None)])
+    memory.write_many_nowait({"k": Record(0, None, None)})
 
 
 async def raw(url: str, channel: str) -> None:

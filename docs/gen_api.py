@@ -58,7 +58,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "LayerUnavailableError",
         "SerializationError",
     ),
-    "Writing a layer": ("Layer", "LocalLayer", "Hit", "Write"),
+    "Writing a layer": ("Layer", "LocalLayer", "Record"),
     "Test helpers": (
         "FakeClock",
         "EmbeddedRedis",

@@ -6,13 +6,12 @@ from ._exceptions import CacheClosedError as CacheClosedError
 from ._exceptions import CacheError as CacheError
 from ._exceptions import LayerUnavailableError as LayerUnavailableError
 from ._exceptions import SerializationError as SerializationError
-from ._layer import Hit as Hit
 from ._layer import Layer as Layer
 from ._layer import LocalLayer as LocalLayer
-from ._layer import Write as Write
 from ._memory import MemoryLayer as MemoryLayer
 from ._options import CircuitBreaker as CircuitBreaker
 from ._options import GracefulDegradation as GracefulDegradation
+from ._record import Record as Record
 from ._redis_layer import RedisLayer as RedisLayer
 from ._serializers import JsonSerializer as JsonSerializer
 from ._serializers import MsgpackSerializer as MsgpackSerializer
@@ -32,7 +31,6 @@ __all__ = (
     "CircuitBreaker",
     "CoordinatorStatistics",
     "GracefulDegradation",
-    "Hit",
     "JsonSerializer",
     "Layer",
     "LayerStatistics",
@@ -42,10 +40,10 @@ __all__ = (
     "MsgpackSerializer",
     "OpenTelemetry",
     "PickleSerializer",
+    "Record",
     "RedisInvalidationBus",
     "RedisLayer",
     "RedisSingleFlightCoordinator",
     "SerializationError",
     "Serializer",
-    "Write",
 )

@@ -4,8 +4,9 @@ Owns: a Redis connection of its own (``url=``; or an adapted ``redis.asyncio`` c
 ``client=``), the locks this stack holds, which it renews every ``lease / 3`` seconds
 while their loads run, and the lock counters.
 
-The protocol for a key that every layer missed, run by the stack's load (the local
-coordinator in front makes it one attempt per process and key):
+The protocol for a key that every layer missed, :meth:`RedisSingleFlightCoordinator.load_once`,
+run by the load path (the in-process single-flight in front makes it one attempt per
+process and key):
 
 1. ``ACQUIRE``: ``SET <prefix>l:<key> <random token> NX PX <lease>``, and the key goes
    into the load's tag sets so a tag invalidation finds the lock.
@@ -20,8 +21,12 @@ coordinator in front makes it one attempt per process and key):
    again) instead of fetching; after that the caller gets
    :class:`~layercache.LayerUnavailableError`, or in graceful mode the fetch runs here.
 
-Redis unavailable: the stack's health guard skips the coordinator in graceful mode (the
-load falls back to local single-flight) or raises ``LayerUnavailableError`` (strict).
+Redis unavailable: the coordinator's health guard skips it in graceful mode (the load
+falls back to single-flight per process) or raises ``LayerUnavailableError`` (strict).
+
+The actor's task renews the held locks and gives back orphaned ones; it takes no
+requests over a channel. The loads call ``acquire``/``release`` from their own tasks
+(one thread: the held-lock map is never read half-changed).
 """
 
 from __future__ import annotations
@@ -29,26 +34,29 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import hiredis
 from anyio.abc import TaskStatus
 
 from ._exceptions import LayerUnavailableError
+from ._health import LayerHealth, Skipped
 from ._redis._adapter import ClientTransport
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._connection import Command
 from ._redis._errors import RedisConfigurationError, RedisError
 from ._redis._scripts import ACQUIRE, LOCK_SCRIPTS, RELEASE, RENEW, run_scripts
 from ._redis._transport import Transport
-from ._redis_layer import DEFAULT_TIMEOUT, KeySpace
+from ._redis_layer import DEFAULT_TIMEOUT, KeySpace, RedisLayer
 from ._statistics import CoordinatorStatistics
 from ._validation import check_ttl
 
 logger = logging.getLogger("layercache.distributed")
+
+T = TypeVar("T")
 
 POLL_FIRST = 0.005
 """Seconds before a waiter's first look at the value; doubled after each look."""
@@ -283,6 +291,89 @@ class RedisSingleFlightCoordinator:
         if self._orphaned is not None:
             self._orphaned.set()
 
+    # -- the protocol, run by a load -----------------------------------------------------
+
+    async def load_once(
+        self,
+        key: str,
+        tags: Iterable[str],
+        guard: LayerHealth,
+        read: Callable[[], Awaitable[T | None]],
+        fetch: Callable[[str | None], Awaitable[T]],
+    ) -> T:
+        """Fetch under ``key``'s lock, or wait for the process that holds it: one fetch
+        across every process sharing the Redis layer.
+
+        ``read`` looks at the Redis layers (None: not there), ``fetch(token)`` fetches
+        and stores (under the lock ``token``, or None without one); ``guard`` is this
+        coordinator's health guard. Degraded (skipped), or past the wait in graceful
+        mode, the load fetches here.
+        """
+        wait: Wait | None = None
+        while True:
+            token = await guard.call(self.acquire, key, tags)
+            if isinstance(token, Skipped):
+                return await fetch(None)  # degraded: single-flight per process
+            if token is not None:
+                try:
+                    # The previous holder may have stored the value just before we took
+                    # the lock: look once more before fetching.
+                    found = await read()
+                    if found is not None:
+                        return found
+                    if wait is not None:
+                        self.takeovers += 1
+                    return await fetch(token)
+                finally:
+                    await self.release(key, token)
+            if wait is None:
+                wait = self.waiting()
+            await anyio.sleep(wait.pause())
+            found = await read()
+            if found is not None:
+                return found
+            if wait.given_up(anyio.current_time()):
+                return await self._gave_up(key, guard, fetch)
+
+    async def _gave_up(
+        self, key: str, guard: LayerHealth, fetch: Callable[[str | None], Awaitable[T]]
+    ) -> T:
+        self.timeouts += 1
+        message = (
+            f"the load of {key!r} held by another process did not finish "
+            f"within the wait (wait_timeout={self.wait_timeout} s, twice)"
+        )
+        if not guard.graceful:
+            raise LayerUnavailableError(self.name, message)
+        logger.warning("%s; fetching here", message)
+        return await fetch(None)
+
+    async def check_same_server(self, layer: RedisLayer) -> None:
+        """Internal (the stack's).
+
+        Refuse a coordinator whose Redis is not ``layer``'s: its locks would be
+        invisible to the layer's guarded writes, and nothing would ever be stored.
+        Skipped, with a warning, when either cannot reach Redis now."""
+        token = secrets.token_hex(16)
+        name = f"{layer.keys.locks}\x00probe:{token}"  # no key's lock: random, and marked
+        try:
+            await self.mark(name, token)
+            found = await layer.take(name)
+        except LayerUnavailableError as error:
+            logger.warning(
+                "could not check that the single-flight coordinator and layer %r share a "
+                "Redis server: %s",
+                layer.name,
+                error,
+            )
+            return
+        if found != token.encode():
+            raise LayerUnavailableError(
+                self.name,
+                f"it does not reach the same Redis server and database as layer "
+                f"{layer.name!r}: the locks must live next to the values",
+            )
+
     # -- requests, from the loads' tasks -------------------------------------------------
 
     async def acquire(self, key: str, tags: Iterable[str]) -> str | None:
@@ -349,9 +440,7 @@ class RedisSingleFlightCoordinator:
             await transport.send(commands, delivered)
 
     async def mark(self, name: str, value: str) -> None:
-        """Internal (the stack's).
-
-        Write ``value`` at ``name`` for a few seconds: the stack reads it back through
+        """Write ``value`` at ``name`` for a few seconds: the stack reads it back through
         its Redis layer to check that both talk to the same server and database."""
         await self._call([("SET", name, value, "PX", 10_000)])
 
@@ -362,9 +451,7 @@ class RedisSingleFlightCoordinator:
         self.lost += 1
 
     def waiting(self) -> Wait:
-        """Internal (the stack's).
-
-        Start a wait for a lock held elsewhere."""
+        """Start a wait for a lock held elsewhere (counted)."""
         self.waits += 1
         return Wait(anyio.current_time(), self.wait_timeout, self.lease)
 

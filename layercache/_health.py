@@ -1,8 +1,10 @@
-"""The health of one remote layer, as its stack sees it: degradation and breaker.
+"""The health guard of one remote part (a layer, the bus, the coordinator).
 
-A :class:`LayerHealth` is consulted before every request to its layer (``admit``) and
-told how the request went (``succeeded`` / ``failed``). It is plain synchronous state,
-owned by the stack, read on the loop's clock (or the stack's injected clock):
+Every request the stack sends to a remote part goes through its :class:`LayerHealth`:
+:meth:`LayerHealth.call` for an awaited request, or the same steps by hand for a read
+that completes by callback (``admit``, then ``succeeded``, ``lost`` or ``abandoned``).
+It is plain synchronous state, owned by the stack, read on the loop's clock (or the
+stack's injected clock), and the only code that changes its counters:
 
 - **Graceful degradation** (``GracefulDegradation(retry_after)``): a failure makes the
   layer *degraded* for ``retry_after`` seconds, during which requests are not sent; the
@@ -21,6 +23,8 @@ change is logged once, not each request.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from ._clock import Clock
 from ._exceptions import LayerUnavailableError
@@ -33,6 +37,20 @@ DEGRADED = "degraded"
 OPEN = "open"
 HALF_OPEN = "half-open"
 RESTARTING = "restarting"
+
+T = TypeVar("T")
+
+
+class Skipped:
+    """What a guarded request returns when graceful mode skipped it (or its failure)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+SKIPPED = Skipped()
 
 
 class LayerHealth:
@@ -89,6 +107,55 @@ class LayerHealth:
         if state == DEGRADED:
             return self._degraded_until
         return None
+
+    # -- the guard ---------------------------------------------------------------------
+
+    async def call(
+        self, request: Callable[..., Awaitable[T]], *args: Any, write: bool = False
+    ) -> T | Skipped:
+        """Await ``request(*args)`` as the part's health allows.
+
+        Strict mode: a failure raises :class:`LayerUnavailableError` (cause chained),
+        and an open breaker refuses at once. Graceful mode: a failing, degraded or open
+        part is skipped (:data:`SKIPPED`); a skipped ``write`` (a write, delete or
+        publish) is counted as dropped.
+        """
+        probe = self.admit()
+        if probe is None:
+            refused = self.not_sent(write)
+            if isinstance(refused, LayerUnavailableError):
+                raise refused
+            return refused
+        try:
+            result = await request(*args)
+        except LayerUnavailableError as error:
+            if self.lost(error, probe, write) is SKIPPED:
+                return SKIPPED
+            raise
+        except BaseException:
+            self.abandoned(probe)
+            raise
+        self.succeeded(probe)
+        return result
+
+    def not_sent(self, write: bool = False) -> Skipped | LayerUnavailableError:
+        """A request :meth:`admit` refused: counted; what its caller gets instead."""
+        self.skipped += 1
+        if self.degradation is not None:
+            self.dropped += write
+            return SKIPPED
+        return self.refusal()
+
+    def lost(
+        self, error: LayerUnavailableError, probe: bool, write: bool = False
+    ) -> Skipped | LayerUnavailableError:
+        """A request that failed with ``error``: counted (see :meth:`failed`); what its
+        caller gets instead (the error itself in strict mode)."""
+        self.failed(error, probe)
+        if self.degradation is not None:
+            self.dropped += write
+            return SKIPPED
+        return error
 
     # -- transitions -------------------------------------------------------------------
 

@@ -6,81 +6,26 @@ through the async methods below; a *local* layer (in-process memory) also offers
 synchronous ``*_nowait`` twins, which the stack uses on the hot path because a local
 read needs no task and no channel round trip.
 
-Values reach ``write_many`` already encoded by the layer's own :meth:`Layer.encode`,
-which the stack calls for every layer before writing to any of them: a value one
-layer cannot serialize is rejected before a single layer is changed.
+Every entry crosses as a :class:`~layercache.Record` (value, deadlines, tags). Values
+reach ``write_many`` already encoded by the layer's own :meth:`Layer.encode`, which the
+stack calls for every layer before writing to any of them: a value one layer cannot
+serialize is rejected before a single layer is changed.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from anyio.abc import TaskStatus
 
 from ._clock import Clock
+from ._record import NO_TAGS, Record
 from ._statistics import LayerStatistics
-
-NO_TAGS: frozenset[str] = frozenset()
 
 
 def _not_attached() -> float:
     raise RuntimeError("the layer is not attached to a running CacheStack")
-
-
-@dataclass(frozen=True, slots=True)
-class Invalidate:
-    """Drop ``keys`` (posted to local layers by the invalidation listener)."""
-
-    keys: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidateTag:
-    """Drop every entry carrying ``tag``."""
-
-    tag: str
-
-
-@dataclass(frozen=True, slots=True)
-class Clear:
-    """Drop everything."""
-
-
-@dataclass(frozen=True, slots=True)
-class Sweep:
-    """Drop expired entries now."""
-
-
-Message = Invalidate | InvalidateTag | Clear | Sweep
-"""What other actors post to a local layer."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """A value found in a layer, with what a backfill into faster layers needs."""
-
-    value: object
-    """The value, decoded."""
-    ttl: float | None
-    """Seconds the entry has left in the layer it was found in; None: no expiry."""
-    tags: frozenset[str] = NO_TAGS
-    """The entry's tags, so a backfilled copy can be invalidated by them too."""
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One entry to store: the value as encoded by this layer, and its final TTL."""
-
-    key: str
-    """The cache key, already checked by the stack."""
-    value: object
-    """What :meth:`Layer.encode` returned for the value (bytes for Redis)."""
-    ttl: float | None
-    """Seconds until expiry, already resolved by the stack; None: never expires."""
-    tags: frozenset[str] = NO_TAGS
-    """The entry's tags; they replace any tags the key had."""
 
 
 class Layer(ABC):
@@ -95,20 +40,21 @@ class Layer(ABC):
         self.clock: Clock = _not_attached
         self._attached = False
 
-    def effective_ttl(self, ttl: float | None) -> float | None:
-        """The TTL a write with ``ttl`` gets here (None = this layer's default)."""
-        return self.ttl if ttl is None else ttl
+    def record(
+        self, value: object, now: float, ttl: float | None, tags: frozenset[str] = NO_TAGS
+    ) -> Record:
+        """This layer's record of a new ``value`` written at ``now`` with ``ttl`` (None:
+        this layer's default).
 
-    def backfill_ttl(self, remaining: float | None) -> float | None:
-        """The TTL for copying in an entry with ``remaining`` seconds left elsewhere.
-
-        Never longer than what the entry has left, nor than this layer's own TTL.
+        :raises SerializationError: the layer cannot encode the value.
         """
-        if remaining is None:
-            return self.ttl
-        if self.ttl is None:
-            return remaining
-        return min(remaining, self.ttl)
+        return Record.new(self.encode(value), now, self.ttl if ttl is None else ttl, tags)
+
+    def backfill(self, found: Record, now: float) -> Record:
+        """This layer's copy of ``found``, a record read from a slower layer: never
+        living longer than it has left there, nor than this layer's own TTL."""
+        until = None if self.ttl is None else now + self.ttl
+        return found.capped(self.encode(found.value), until)
 
     def attach(self, clock: Clock) -> None:
         """Give the layer to a stack that is starting; ``clock`` is its time source.
@@ -134,12 +80,12 @@ class Layer(ABC):
         """The layer's actor task: serve until cancelled, then let go of resources."""
 
     @abstractmethod
-    async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
-        """Look ``keys`` up; return only those found."""
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Record]:
+        """Look ``keys`` up; return only those found (values decoded)."""
 
     @abstractmethod
-    async def write_many(self, writes: Sequence[Write]) -> None:
-        """Store every write, replacing existing entries and their tags."""
+    async def write_many(self, records: Mapping[str, Record]) -> None:
+        """Store every record (values encoded), replacing existing entries and tags."""
 
     @abstractmethod
     async def delete_many(self, keys: Iterable[str]) -> None:
@@ -169,7 +115,7 @@ class LocalLayer(Layer):
 
     @abstractmethod
     def get_nowait(self, key: str, default: object = None) -> object:
-        """The value for ``key``, or ``default``. No Hit is allocated."""
+        """The value for ``key``, or ``default``. No record is allocated."""
 
     def reader(self, missing: object) -> Callable[[str], object]:
         """A fast read for the stack's hot path: the value or ``missing``.
@@ -184,15 +130,15 @@ class LocalLayer(Layer):
         return read
 
     @abstractmethod
-    def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Hit]:
-        """Look ``keys`` up; return only those found, with their remaining TTL and tags.
+    def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Record]:
+        """Look ``keys`` up; return only those found.
 
         Counts a hit or a miss per key; an expired entry is a miss and is removed.
         """
 
     @abstractmethod
-    def write_many_nowait(self, writes: Iterable[Write]) -> None:
-        """Store every write, replacing existing entries and their tags (may evict)."""
+    def write_many_nowait(self, records: Mapping[str, Record]) -> None:
+        """Store every record, replacing existing entries and their tags (may evict)."""
 
     @abstractmethod
     def delete_many_nowait(self, keys: Iterable[str]) -> None:
@@ -206,24 +152,11 @@ class LocalLayer(Layer):
     def clear_nowait(self) -> None:
         """Remove every entry."""
 
-    def post(self, message: Message) -> None:
-        """Hand ``message`` to the layer's actor; by default it is applied at once."""
-        self.handle(message)
-
-    def handle(self, message: Message) -> None:
-        """Apply one message synchronously."""
-        if isinstance(message, Invalidate):
-            self.delete_many_nowait(message.keys)
-        elif isinstance(message, InvalidateTag):
-            self.invalidate_tag_nowait(message.tag)
-        elif isinstance(message, Clear):
-            self.clear_nowait()
-
-    async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Record]:
         return self.get_many_nowait(keys)
 
-    async def write_many(self, writes: Sequence[Write]) -> None:
-        self.write_many_nowait(writes)
+    async def write_many(self, records: Mapping[str, Record]) -> None:
+        self.write_many_nowait(records)
 
     async def delete_many(self, keys: Iterable[str]) -> None:
         self.delete_many_nowait(keys)

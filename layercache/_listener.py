@@ -5,9 +5,14 @@ publishing, and the bus counters (sent, received, ignored, rejected by reason).
 
 It reports itself started only once SUBSCRIBE is acknowledged, so a stack never runs
 without hearing its peers. Each message from another stack is checked (size, format,
-signature) and handed to ``apply`` (the stack posts it to its local layers' inboxes and
-fences its loads); the stack's own messages are ignored; bad ones are dropped, counted,
-and never stop the listener. When the subscription is lost (server restart, network cut,
+signature) and handed to ``apply`` (the stack's invalidation path, which fences its loads
+and drops the entries from its local layers synchronously, in this task); the stack's own
+messages are ignored; bad ones are dropped, counted, and never stop the listener.
+
+Takes no requests over a channel: its tasks read the subscription. The write and
+invalidation paths call :meth:`InvalidationListener.publish` (through the bus's health
+guard) and :meth:`InvalidationListener.publish_commands` from the caller's task; the
+publisher transport pipelines them. When the subscription is lost (server restart, network cut,
 no answer to a keepalive PING) it is re-established with jittered back-off, and
 ``on_resubscribed`` clears the local layers: messages may have been missed meanwhile.
 """

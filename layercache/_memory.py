@@ -1,56 +1,36 @@
-"""The memory layer actor: an LRU store with per-entry TTLs on the loop clock.
+"""The memory layer actor: an LRU store with per-entry deadlines on the loop clock.
 
-Owns: the entries (an ``OrderedDict`` kept in least-recently-used order), the index
-from tag to the keys carrying it, and the layer's counters.
+Owns: the entries (an ``OrderedDict`` of :class:`~layercache.Record` kept in
+least-recently-used order), the index from tag to the keys carrying it, and the
+layer's counters.
 
-Takes (over its inbox, from other actors): :class:`Invalidate`, :class:`InvalidateTag`,
-:class:`Clear` and :class:`Sweep`. Its task also sweeps expired entries every
-``sweep_interval`` seconds, a chunk at a time. (The stack applies invalidations from
-the bus with :meth:`MemoryLayer.handle` directly, so that a message counted as received
-is already applied.)
+Its task takes no requests: it sweeps expired entries every ``sweep_interval`` seconds,
+a chunk at a time, so entries nobody reads again do not hold memory until evicted.
 
-The stack itself calls the synchronous ``*_nowait`` handlers directly: there is one
-thread and no await inside a handler, so a read or write from the caller's task is as
-safe as one from the actor's, and an L1 hit costs a dictionary lookup instead of a
-channel round trip.
+Every other operation is a synchronous ``*_nowait`` handler that the stack calls from
+the caller's task (reads, writes, backfills, invalidations) or from the invalidation
+listener's task (invalidations from other instances). That is safe: there is one
+thread, and no handler awaits, so no two of them interleave; and it is what makes an L1
+hit a dictionary lookup instead of a channel round trip, and a bus message applied the
+moment it is counted as received. The hot path's :meth:`MemoryLayer.reader` reads the
+same dictionary.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
 
-from ._layer import (
-    NO_TAGS,
-    Hit,
-    LocalLayer,
-    Message,
-    Sweep,
-    Write,
-)
+from ._layer import LocalLayer
+from ._record import Record
 from ._statistics import LayerStatistics
 from ._validation import check_max_size, check_name, check_ttl
 
-logger = logging.getLogger("layercache.memory")
-
-INBOX_SIZE = 1024
 SWEEP_CHUNK = 2048
-
-
-class _Entry:
-    __slots__ = ("expires", "tags", "value")
-
-    def __init__(self, value: object, expires: float | None, tags: frozenset[str]) -> None:
-        self.value = value
-        self.expires = expires
-        self.tags = tags
 
 
 class MemoryLayer(LocalLayer):
@@ -77,9 +57,9 @@ class MemoryLayer(LocalLayer):
         interval = check_ttl(sweep_interval, name="sweep_interval")
         assert interval is not None
         self.sweep_interval = interval
-        self._data: OrderedDict[str, _Entry] = OrderedDict()
+        self._data: OrderedDict[str, Record] = OrderedDict()
         self._tags: dict[str, set[str]] = {}
-        self._inbox: MemoryObjectSendStream[Message] | None = None
+        self._running = False
         self._hits = self._misses = self._writes = self._deletes = 0
         self._evictions = self._expirations = 0
 
@@ -100,46 +80,17 @@ class MemoryLayer(LocalLayer):
     # -- the actor ---------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        send, receive = anyio.create_memory_object_stream[Message](INBOX_SIZE)
-        self._inbox = send
+        self._running = True
         try:
-            async with send, receive:
-                task_status.started()
-                while True:
-                    message: Message = Sweep()
-                    with anyio.move_on_after(self.sweep_interval):
-                        message = await receive.receive()
-                    if isinstance(message, Sweep):
-                        await self._sweep()
-                    else:
-                        self.handle(message)
+            task_status.started()
+            while True:
+                await anyio.sleep(self.sweep_interval)
+                await self._sweep()
         finally:
             # Entries hold deadlines on this run's clock; another run (another loop,
             # trio's randomly offset clock) could not read them correctly.
-            self._inbox = None
+            self._running = False
             self.clear_nowait()
-
-    def post(self, message: Message) -> None:
-        """Queue a message for the actor. A full inbox clears the layer instead.
-
-        Invalidations must never be lost; dropping everything is the safe way to
-        shed them when the actor is that far behind.
-        """
-        inbox = self._inbox
-        if inbox is None:
-            return
-        try:
-            inbox.send_nowait(message)
-        except anyio.WouldBlock:
-            logger.warning("memory layer %r inbox full: clearing it", self.name)
-            self.clear_nowait()
-
-    def handle(self, message: Message) -> None:
-        """Apply one inbox message (synchronous, so it can be tested without a loop)."""
-        if isinstance(message, Sweep):
-            self.sweep_nowait()
-        else:
-            super().handle(message)
 
     async def _sweep(self) -> int:
         removed = 0
@@ -158,7 +109,7 @@ class MemoryLayer(LocalLayer):
         removed = 0
         for key in keys:
             entry = self._data.get(key)
-            if entry is not None and entry.expires is not None and entry.expires <= now:
+            if entry is not None and entry.stale_until is not None and entry.stale_until <= now:
                 self._remove(key, entry)
                 self._expirations += 1
                 removed += 1
@@ -169,11 +120,11 @@ class MemoryLayer(LocalLayer):
     def reader(self, missing: object) -> Callable[[str], object]:
         """The hot path for the stack that owns this layer: a closure over the store.
 
-        ``read(key)`` returns the live value (refreshing its recency) or ``missing``.
-        It counts nothing and removes nothing: on ``missing`` the stack takes the slow
-        path, which reads the key again through :meth:`get_many_nowait` and does the
-        accounting. The stack counts the hits. One Python frame instead of two is
-        about a tenth of a hit's cost. Valid while the layer stays attached.
+        ``read(key)`` returns the live value of a fresh entry (refreshing its recency)
+        or ``missing``. It counts nothing and removes nothing: on ``missing`` the stack
+        takes the slow path, which reads the key again through :meth:`get_many_nowait`
+        and does the accounting. The stack counts the hits. One Python frame instead of
+        two is about a tenth of a hit's cost. Valid while the layer stays attached.
         """
         lookup = self._data.get
         touch = self._data.move_to_end
@@ -182,66 +133,52 @@ class MemoryLayer(LocalLayer):
         def read(key: str) -> object:
             entry = lookup(key)
             if entry is not None:
-                expires = entry.expires
-                if expires is None or expires > clock():
+                until = entry.fresh_until
+                if until is None or until > clock():
                     touch(key)
                     return entry.value
             return missing
 
         return read
 
-    def get_nowait(self, key: str, default: object = None) -> object:
+    def _live(self, key: str, now: float) -> Record | None:
+        """The entry for ``key`` unless absent or expired (an expired one is removed);
+        counts the hit or the miss."""
         entry = self._data.get(key)
         if entry is None:
             self._misses += 1
-            return default
-        expires = entry.expires
-        if expires is not None and expires <= self.clock():
+            return None
+        until = entry.stale_until
+        if until is not None and until <= now:
             self._remove(key, entry)
             self._expirations += 1
             self._misses += 1
-            return default
+            return None
         self._data.move_to_end(key)
         self._hits += 1
-        return entry.value
+        return entry
 
-    def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Hit]:
-        found: dict[str, Hit] = {}
+    def get_nowait(self, key: str, default: object = None) -> object:
+        entry = self._live(key, self.clock())
+        return default if entry is None else entry.value
+
+    def get_many_nowait(self, keys: Iterable[str]) -> dict[str, Record]:
+        found: dict[str, Record] = {}
         now = self.clock()
         for key in keys:
-            entry = self._data.get(key)
-            if entry is None:
-                self._misses += 1
-                continue
-            if entry.expires is None:
-                remaining = None
-            else:
-                remaining = entry.expires - now
-                if remaining <= 0:
-                    self._remove(key, entry)
-                    self._expirations += 1
-                    self._misses += 1
-                    continue
-            self._data.move_to_end(key)
-            self._hits += 1
-            found[key] = Hit(entry.value, remaining, entry.tags)
+            entry = self._live(key, now)
+            if entry is not None:
+                found[key] = entry
         return found
 
-    def write_many_nowait(self, writes: Iterable[Write]) -> None:
-        now = self.clock()
+    def write_many_nowait(self, records: Mapping[str, Record]) -> None:
         data = self._data
-        for write in writes:
-            key = write.key
+        for key, record in records.items():
             old = data.pop(key, None)
             if old is not None and old.tags:
                 self._unindex(key, old.tags)
-            ttl = write.ttl
-            expires = None if ttl is None else now + ttl
-            if expires is not None and not math.isfinite(expires):
-                expires = None
-            tags = write.tags or NO_TAGS
-            data[key] = _Entry(write.value, expires, tags)
-            for tag in tags:
+            data[key] = record
+            for tag in record.tags:
                 keys = self._tags.get(tag)
                 if keys is None:
                     self._tags[tag] = {key}
@@ -277,7 +214,7 @@ class MemoryLayer(LocalLayer):
             others = entry.tags - {tag}
             if others:
                 self._unindex(key, others)
-            if entry.expires is None or entry.expires > now:
+            if entry.stale_until is None or entry.stale_until > now:
                 live.add(key)
             else:
                 self._expirations += 1
@@ -289,7 +226,7 @@ class MemoryLayer(LocalLayer):
         self._data.clear()
         self._tags.clear()
 
-    def _remove(self, key: str, entry: _Entry) -> None:
+    def _remove(self, key: str, entry: Record) -> None:
         del self._data[key]
         if entry.tags:
             self._unindex(key, entry.tags)
@@ -306,7 +243,7 @@ class MemoryLayer(LocalLayer):
         return LayerStatistics(
             name=self.name,
             kind="memory",
-            state="running" if self._inbox is not None else "stopped",
+            state="running" if self._running else "stopped",
             hits=self._hits,
             misses=self._misses,
             writes=self._writes,

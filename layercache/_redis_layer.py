@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._backend import Event, event_type
 from ._clock import Clock, deadline_clock
 from ._exceptions import LayerUnavailableError
-from ._layer import Hit, Layer, Write
+from ._layer import Layer
+from ._record import Record
 from ._redis._adapter import ClientTransport
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._connection import Command
@@ -62,18 +63,20 @@ SCAN_COUNT = 1_000
 
 class CallbackReply:
     """A reply that calls back instead of waking a waiter: the transport's reader task
-    completes the read itself (see :meth:`RedisLayer.read_soon`)."""
+    completes the read itself (see :meth:`RedisLayer.read_now`). A failure reaches the
+    callback as the layer's :class:`~layercache.LayerUnavailableError`, counted."""
 
-    __slots__ = ("_callback", "_done")
+    __slots__ = ("_callback", "_done", "_layer")
 
-    def __init__(self, callback: Callable[[Any], None]) -> None:
+    def __init__(self, callback: ReadDone, layer: RedisLayer) -> None:
         self._callback = callback
+        self._layer = layer
         self._done = False
 
     def is_done(self) -> bool:
         return self._done
 
-    def set(self, value: object) -> None:
+    def set(self, value: tuple[dict[str, Record], list[str]]) -> None:
         if not self._done:
             self._done = True
             self._callback(value)
@@ -81,11 +84,11 @@ class CallbackReply:
     def fail(self, error: BaseException) -> None:
         if not self._done:
             self._done = True
-            self._callback(error)
+            self._callback(self._layer.unavailable(error))
 
 
-ReadDone = Callable[[tuple[dict[str, Hit], list[str]] | BaseException], None]
-"""Receives a direct read's ``(hits, corrupt keys)``, or the error that stopped it."""
+ReadDone = Callable[[tuple[dict[str, Record], list[str]] | LayerUnavailableError], None]
+"""Receives a direct read's ``(records, corrupt keys)``, or the error that stopped it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +310,7 @@ class RedisLayer(Layer):
             commands.extend(call.commands)
         if not commands:
             for read in reads:
-                read.reply.set({})
+                read.reply.set(({}, []))
             return
 
         def deliver(replies: list[object] | RedisError) -> None:
@@ -381,12 +384,14 @@ class RedisLayer(Layer):
 
     def _decode(
         self, keys: list[str], values: object, ttls: Sequence[object]
-    ) -> tuple[dict[str, Hit], set[str]] | RedisError:
-        """Decode an MGET and its PTTLs: the hits, and the keys holding bad bytes."""
+    ) -> tuple[dict[str, Record], set[str]] | RedisError:
+        """Decode an MGET and its PTTLs: the records found, and the keys holding bad
+        bytes. A record's deadlines are its remaining TTL from now, on the stack's clock."""
         if not isinstance(values, list):
             return RedisReplyError(f"MGET failed: {values}")
-        found: dict[str, Hit] = {}
+        found: dict[str, Record] = {}
         corrupt: set[str] = set()
+        now = self.clock()
         for key, raw, ttl_ms in zip(keys, values, ttls, strict=True):
             if raw is None or not isinstance(ttl_ms, int) or ttl_ms == -2:
                 continue
@@ -396,7 +401,8 @@ class RedisLayer(Layer):
                 logger.debug("dropping undecodable value at %r: %s", key, error)
                 corrupt.add(key)
                 continue
-            found[key] = Hit(value, None if ttl_ms < 0 else ttl_ms / 1000, tags)
+            until = None if ttl_ms < 0 else now + ttl_ms / 1000
+            found[key] = Record(value, until, until, tags)
         self._hits += len(found)
         self._misses += len(keys) - len(found)
         self._corrupt += len(corrupt)
@@ -487,7 +493,7 @@ class RedisLayer(Layer):
         :meth:`read_reply`. ``done`` may be called before this returns (no connection,
         say). The caller need not stay: the transport's reader completes the read.
         """
-        reply = CallbackReply(done)
+        reply = CallbackReply(done, self)
         request = Read(tuple(keys), reply, self._now() + self.timeout)
         if not await self._send_now(request):
             return None
@@ -549,11 +555,12 @@ class RedisLayer(Layer):
         found, _ = await self._call([("GET", name), ("DEL", name)])
         return found if isinstance(found, bytes) else None
 
-    def count_error(self) -> None:
-        """Internal (the stack's).
-
-        Count a failed request the stack saw itself (a direct read)."""
+    def unavailable(self, error: BaseException) -> LayerUnavailableError:
+        """Count a failed direct read and say so as the layer's error (cause chained)."""
         self._errors += 1
+        translated = LayerUnavailableError(self.name, str(error))
+        translated.__cause__ = error
+        return translated
 
     async def delete_corrupt(self, keys: Sequence[str]) -> None:
         """Internal (the stack's).
@@ -564,10 +571,10 @@ class RedisLayer(Layer):
         except LayerUnavailableError as error:
             logger.debug("could not delete undecodable values %r: %s", keys, error)
 
-    async def get_many(self, keys: Sequence[str]) -> dict[str, Hit]:
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Record]:
         if not keys:
             return {}
-        found: dict[str, Hit]
+        found: dict[str, Record]
         corrupt: list[str]
         found, corrupt = await self._request(
             lambda reply, deadline: Read(tuple(keys), reply, deadline)
@@ -579,38 +586,41 @@ class RedisLayer(Layer):
         return found
 
     async def write_many(
-        self, writes: Sequence[Write], announce: Announcement | None = None
+        self, records: Mapping[str, Record], announce: Announcement | None = None
     ) -> None:
-        """Store ``writes``; ``announce`` (the stack's) follows them in the same batch."""
-        if not writes:
+        """Store ``records``; ``announce`` (the stack's) follows them in the same batch."""
+        if not records:
             return
-        commands = [self._write_command(write) for write in writes]
+        now = self.clock()
+        commands = [self._write_command(key, record, now) for key, record in records.items()]
         await self._call(commands, (WRITE,), announce)
-        self._writes += len(writes)
+        self._writes += len(records)
 
-    async def write_locked(self, write: Write, token: str) -> bool:
+    async def write_locked(self, key: str, record: Record, token: str) -> bool:
         """Internal (the stack's).
 
         Store a single-flight lock holder's result, only while the key's lock still
         holds ``token``: False (nothing written) if a change to the key took it away."""
-        (reply,) = await self._call([self._write_command(write, token)], (WRITE,))
+        command = self._write_command(key, record, self.clock(), token)
+        (reply,) = await self._call([command], (WRITE,))
         written = reply == 1
         self._writes += written
         return written
 
-    def _write_command(self, write: Write, token: str = "") -> Command:
-        body = write.value
+    def _write_command(self, key: str, record: Record, now: float, token: str = "") -> Command:
+        body = record.value
         if not isinstance(body, bytes):
             body = self.encode(body)
-        ttl_ms = 0 if write.ttl is None else max(1, math.ceil(write.ttl * 1000))
-        tags = sorted(write.tags)
-        keys = [self.keys.values + write.key, self.keys.key_tags + write.key]
+        until = record.stale_until
+        ttl_ms = 0 if until is None else max(1, math.ceil((until - now) * 1000))
+        tags = sorted(record.tags)
+        keys = [self.keys.values + key, self.keys.key_tags + key]
         keys.extend(self.keys.tag_sets + tag for tag in tags)
-        envelope = wrap(self.serializer, body, write.tags)
+        envelope = wrap(self.serializer, body, record.tags)
         arguments: list[str | bytes | int] = [
             envelope,
             ttl_ms,
-            write.key,
+            key,
             self.keys.tag_sets,
             self.keys.values,
             self.keys.locks,

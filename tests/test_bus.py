@@ -23,6 +23,7 @@ from layercache import (
     RedisInvalidationBus,
     RedisLayer,
 )
+from layercache._announce import carrier_of
 from layercache._bus import (
     MAX_MESSAGE,
     BusMessage,
@@ -36,7 +37,6 @@ from layercache._listener import InvalidationListener
 from layercache._redis._address import parse_redis_url
 from layercache._redis._connection import Connection
 from layercache._redis._transport import Transport
-from layercache._stack import _announcer
 from layercache._validation import MAX_KEY_LENGTH
 
 SECRET = b"a shared secret of some length"
@@ -420,13 +420,13 @@ def test_only_a_layer_on_the_bus_server_carries_its_messages() -> None:
     same = RedisLayer(url="redis://user:pw@127.0.0.1:6390/0")
     other_port = RedisLayer(url="redis://127.0.0.1:6391/2")
     other_host = RedisLayer(url="redis://localhost:6390/2")  # maybe the same: not assumed
-    assert _announcer([MemoryLayer(), same], bus) is same
-    assert _announcer([MemoryLayer(), other_port], bus) is None
-    assert _announcer([MemoryLayer(), other_host], bus) is None
-    assert _announcer([same, MemoryLayer()], bus) is same  # the last remote layer
-    assert _announcer([same, other_port], bus) is None  # written last: must be on the bus
-    assert _announcer([MemoryLayer()], bus) is None
-    assert _announcer([MemoryLayer(), same], None) is None
+    assert carrier_of([MemoryLayer(), same], bus) is same
+    assert carrier_of([MemoryLayer(), other_port], bus) is None
+    assert carrier_of([MemoryLayer(), other_host], bus) is None
+    assert carrier_of([same, MemoryLayer()], bus) is same  # the last remote layer
+    assert carrier_of([same, other_port], bus) is None  # written last: must be on the bus
+    assert carrier_of([MemoryLayer()], bus) is None
+    assert carrier_of([MemoryLayer(), same], None) is None
     client = object()
-    assert _announcer([RedisLayer(client=client)], RedisInvalidationBus(client=client))
-    assert _announcer([RedisLayer(client=client)], RedisInvalidationBus(client=object())) is None
+    assert carrier_of([RedisLayer(client=client)], RedisInvalidationBus(client=client))
+    assert carrier_of([RedisLayer(client=client)], RedisInvalidationBus(client=object())) is None

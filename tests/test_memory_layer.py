@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import anyio
 import pytest
 
-from layercache import CacheStack, MemoryLayer, Write
-from layercache._layer import Clear, Invalidate, InvalidateTag, Sweep
+from layercache import CacheStack, MemoryLayer, Record
 from layercache.testing import FakeClock, LayerContract
 
 
@@ -17,7 +15,7 @@ def _layer(clock: FakeClock, **kwargs: object) -> MemoryLayer:
 
 
 def _write(layer: MemoryLayer, key: str, ttl: float | None = None, *tags: str) -> None:
-    layer.write_many_nowait([Write(key, key.upper(), ttl, frozenset(tags))])
+    layer.write_many_nowait({key: Record.new(key.upper(), layer.clock(), ttl, frozenset(tags))})
 
 
 def test_lru_evicts_the_least_recently_used(clock: FakeClock) -> None:
@@ -60,7 +58,7 @@ def test_remaining_ttl_is_reported(clock: FakeClock) -> None:
     _write(layer, "k", 10)
     clock.advance(4)
     hit = layer.get_many_nowait(["k"])["k"]
-    assert hit.ttl == pytest.approx(6)
+    assert hit.remaining(clock()) == pytest.approx(6)
 
 
 def test_sweep_drops_expired_entries_only(clock: FakeClock) -> None:
@@ -102,69 +100,23 @@ def test_invalidate_tag_unindexes_the_other_tags(clock: FakeClock) -> None:
     assert layer.tag_count == 0
 
 
-def test_inbox_messages_apply_synchronously(clock: FakeClock) -> None:
+def test_invalidations_apply_synchronously(clock: FakeClock) -> None:
     layer = _layer(clock)
     for key in "abcd":
         _write(layer, key, 1 if key == "d" else None, "t" if key == "c" else "u")
-    layer.handle(Invalidate(("a",)))
-    layer.handle(InvalidateTag("t"))
+    layer.delete_many_nowait(("a",))
+    layer.invalidate_tag_nowait("t")
     clock.advance(2)
-    layer.handle(Sweep())
+    layer.sweep_nowait()
     assert set(layer.get_many_nowait("abcd")) == {"b"}
-    layer.handle(Clear())
+    layer.clear_nowait()
     assert len(layer) == 0
 
 
 def test_a_detached_layer_refuses_to_read_time() -> None:
     layer = MemoryLayer()
     with pytest.raises(RuntimeError, match="not attached"):
-        layer.write_many_nowait([Write("k", 1, 5.0)])
-
-
-@pytest.mark.anyio
-async def test_actor_applies_posted_messages(clock: FakeClock) -> None:
-    layer = MemoryLayer()
-    async with CacheStack([layer], clock=clock) as cache:
-        await cache.set_many({"a": 1, "b": 2, "c": 3})
-        await cache.set("d", 4, tags=["t"])
-        await cache.set("e", 5, ttl=1)
-        layer.post(Invalidate(("a",)))
-        layer.post(InvalidateTag("t"))
-        clock.advance(2)
-        layer.post(Sweep())
-        await anyio.wait_all_tasks_blocked()
-        assert len(layer) == 2
-        assert layer.statistics().expirations == 1
-        layer.post(Clear())
-        await anyio.wait_all_tasks_blocked()
-        assert len(layer) == 0
-
-
-@pytest.mark.anyio
-async def test_full_inbox_clears_instead_of_dropping_invalidations(clock: FakeClock) -> None:
-    from layercache._memory import INBOX_SIZE
-
-    layer = MemoryLayer()
-    async with CacheStack([layer], clock=clock) as cache:
-        await cache.set("kept-until-overflow", 1)
-        # No checkpoint between posts, so the actor cannot drain: one message goes to
-        # the waiting actor, INBOX_SIZE fill the buffer, and the next one overflows.
-        for n in range(INBOX_SIZE + 1):
-            layer.post(Invalidate((f"other:{n}",)))
-        assert len(layer) == 1
-        for n in range(1):
-            layer.post(Invalidate((f"other:{n}",)))
-        assert len(layer) == 0
-        await anyio.wait_all_tasks_blocked()
-
-
-@pytest.mark.anyio
-async def test_post_to_a_stopped_layer_is_ignored(clock: FakeClock) -> None:
-    layer = MemoryLayer()
-    layer.post(Clear())
-    async with CacheStack([layer], clock=clock):
-        pass
-    layer.post(Clear())
+        layer.write_many_nowait({"k": Record.new(1, layer.clock(), 5.0)})
 
 
 @pytest.mark.anyio
@@ -178,7 +130,7 @@ async def test_two_memory_layers_backfill_with_remaining_ttl(clock: FakeClock) -
         assert await cache.get("a") == "A"
         assert cache.statistics().layer_hits == {"small": 0, "big": 1}
         hit = small.get_many_nowait(["a"])["a"]
-        assert hit.ttl == 5  # the small layer's own TTL caps the backfill
+        assert hit.remaining(clock()) == 5  # the small layer's own TTL caps the backfill
         assert hit.tags == frozenset({"t"})
         assert await cache.get("a") == "A"
         assert cache.statistics().layer_hits == {"small": 1, "big": 1}

@@ -93,8 +93,9 @@ async def _without_bus(redis_url: str) -> tuple[int, int, float | None]:
                     reads += 1
                     stale += await b.get(KEY) == OLD
                     await anyio.sleep(WATCH_EVERY)
-            hit = memory_of(b).get_many_nowait([KEY]).get(KEY)
-            ttl_left = None if hit is None else hit.ttl
+            memory = memory_of(b)
+            hit = memory.get_many_nowait([KEY]).get(KEY)
+            ttl_left = None if hit is None else hit.remaining(memory.clock())
     finally:
         await clear_prefix(redis_url, prefix)
     return reads, stale, ttl_left

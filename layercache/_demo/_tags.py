@@ -186,4 +186,4 @@ async def _redis_ttl_left(cache: CacheStack, key: str) -> float | None:
     """Seconds ``key`` has left in the stack's Redis layer, as Redis reports it."""
     (redis,) = (layer for layer in cache.layers if isinstance(layer, RedisLayer))
     hit = (await redis.get_many([key])).get(key)
-    return None if hit is None else hit.ttl
+    return None if hit is None else hit.remaining(redis.clock())

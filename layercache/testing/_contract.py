@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from .._layer import Layer, Write
+from .._layer import Layer
+from .._record import Record
 from .._stack import CacheStack
 from ._clock import FakeClock
 
@@ -154,15 +155,16 @@ class LayerContract:
 
     async def test_layer_reports_remaining_ttl_and_tags(self) -> None:
         async with self.stack() as (_, layer):
-            await layer.write_many([Write("k", layer.encode("v"), 30.0, frozenset({"t"}))])
-            await layer.write_many([Write("forever", layer.encode("v"), None)])
+            now = layer.clock()
+            await layer.write_many({"k": layer.record("v", now, 30.0, frozenset({"t"}))})
+            await layer.write_many({"forever": Record.new(layer.encode("v"), now, None)})
             hits = await layer.get_many(["k", "forever", "absent"])
             assert set(hits) == {"k", "forever"}
-            ttl = hits["k"].ttl
+            ttl = hits["k"].remaining(layer.clock())
             assert ttl is not None
             assert 0 < ttl <= 30.0
             assert hits["k"].tags == frozenset({"t"})
-            assert hits["forever"].ttl is None
+            assert hits["forever"].remaining(layer.clock()) is None
 
     async def test_per_call_ttl_expires(self) -> None:
         clock = FakeClock()
@@ -193,7 +195,7 @@ class LayerContract:
         """For layers on their own clock: each entry reports a TTL just under its own."""
         hits = await layer.get_many(list(expected))
         for key, ttl in expected.items():
-            remaining = hits[key].ttl
+            remaining = hits[key].remaining(layer.clock())
             assert remaining is not None
             assert ttl * 0.9 < remaining <= ttl
 

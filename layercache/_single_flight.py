@@ -1,11 +1,17 @@
-"""The coordinator actor: single-flight loads and the fences that keep stale writes out.
+"""The single-flight actor: one load per key in this process, and the fences that keep
+stale writes out. (Across processes, :mod:`._distributed`'s coordinator adds a lock in
+Redis to the loads this one runs.)
 
 Owns: the loads in flight (at most one per key and kind: a *fetching* load, started by a
 ``get`` with a fetcher, and a *reading* load, which only reads the slower layers), the
 number of callers waiting on each, and for each load whether it went stale.
 
-Runs: each load as a task in its own task group, which lives in the stack's task group
-(``join`` starts the task directly: a channel hop per load cost more than the load).
+Takes no messages over a channel: its task is the task group every load runs in, which
+lives in the stack's task group. The stack's paths call its synchronous handlers
+(``join``, ``gather``, ``complete``, the fences) from the caller's task, the transport's
+reader task (a direct read's completion) or the listener's (a fence for a bus message):
+one thread, and no handler awaits, so they never interleave; ``join`` starts the load's
+task directly, since a channel hop per load cost more than the load.
 No load ever runs in a caller's task, so cancelling a caller (the first one included)
 cannot cancel a load; a load whose callers have all gone runs to completion and fills
 the cache; the stack's exit cancels every load, and their callers get
@@ -14,13 +20,13 @@ the cache; the stack's exit cancels every load, and their callers get
 Fences: a ``set``, ``delete``, tag invalidation or ``clear`` that runs while a load is in
 flight marks the load *stale*. A stale load still hands its result to its callers,
 who asked before the change completed, but does not write it into any layer, where
-it would overwrite the newer state.
+it would overwrite the newer state. Every fence also advances ``fence_count``: the read
+path's one backfill rule compares it (see :mod:`._read`).
 """
 
 from __future__ import annotations
 
 import contextvars
-import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
@@ -30,8 +36,6 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._backend import Event, event_type
 from ._exceptions import CacheClosedError
 from ._reply import ReplySlot
-
-logger = logging.getLogger("layercache.coordinator")
 
 Fetcher = Callable[[], Awaitable[object]]
 Outcome = tuple[object, str | None]
@@ -82,12 +86,17 @@ Load = Callable[[Flight], Awaitable[Outcome]]
 ReadMany = Callable[[list[Flight]], Awaitable[list[Outcome]]]
 
 
-class Coordinator:
-    """Single-flight for one stack. ``load`` is the stack's read-through procedure."""
+async def _unbound(flight: object) -> Any:
+    raise RuntimeError("SingleFlight.bind() was not called")
 
-    def __init__(self, load: Load, read_many: ReadMany) -> None:
-        self._load = load
-        self._read_many = read_many
+
+class SingleFlight:
+    """Single-flight for one stack: loads run :meth:`bind`'s ``load`` (the load path),
+    batched reads its ``read_many`` (the read path)."""
+
+    def __init__(self) -> None:
+        self._load: Load = _unbound
+        self._read_many: ReadMany = _unbound
         self._read_batch: list[Flight] | None = None
         self.direct_reads = False
         """Set by a stack whose slower part is one layer that can complete reads by
@@ -102,7 +111,12 @@ class Coordinator:
         """Grows with every fence; a reader that saw it unchanged saw no invalidation."""
 
     def __repr__(self) -> str:
-        return f"<Coordinator loads={len(self._flights)} waiters={self.waiters}>"
+        return f"<SingleFlight loads={len(self._flights)} waiters={self.waiters}>"
+
+    def bind(self, load: Load, read_many: ReadMany) -> None:
+        """Give the procedures a load with a fetcher and a batch of reads run."""
+        self._load = load
+        self._read_many = read_many
 
     @property
     def loads_in_flight(self) -> int:
@@ -167,8 +181,8 @@ class Coordinator:
             if fetcher is None:
                 self.gather(flight)
             else:
-                # Started straight into the coordinator's task group: a load costs one
-                # task, not a message to the coordinator and then a task.
+                # Started straight into the loads' task group: a load costs one
+                # task, not a message to an actor and then a task.
                 loads.start_soon(self._run_load, flight, name="layercache load")
         return flight, False
 
@@ -188,7 +202,7 @@ class Coordinator:
         self._read_batch.append(flight)
 
     def start(self, function: Callable[..., Coroutine[Any, Any, None]], *args: object) -> None:
-        """Run ``function(*args)`` as a task of the coordinator's (rare follow-up work)."""
+        """Run ``function(*args)`` as a task of the loads' group (rare follow-up work)."""
         loads = self._loads
         if loads is not None:
             loads.start_soon(function, *args)

@@ -1,0 +1,174 @@
+"""Invalidations: every kind is one small class behind one protocol.
+
+An :class:`Invalidation` says what it fences (the loads in flight it could make
+stale), what it does to a local layer and to a remote one, and which bus messages
+announce it. :class:`InvalidationPath` runs one the same way whether it was asked for
+here or arrived from another stack on the bus:
+
+- **here** (:meth:`InvalidationPath.run`): fence, apply to the layers that need I/O
+  (slower first, through their guards, the bus message carried with the last change
+  where it can), fence again, apply to every local layer, announce;
+- **from the bus** (:meth:`InvalidationPath.receive`): fence, apply to every local
+  layer, at once in the listener's task: once the listener counts a message as
+  received, no read can see what it invalidated (the handlers are synchronous, and this
+  is the loop's one thread).
+
+Slower layers go first so that a reader cannot copy an entry from them into a local
+layer that has already been cleared; the fences before and after keep loads in flight
+from writing back what was invalidated. A new kind of invalidation is one more class
+here and its bus operation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+from ._announce import Announcer
+from ._bus import BusMessage, split_keys
+from ._health import Skipped
+from ._layer import Layer, LocalLayer
+from ._parts import Parts
+from ._redis_layer import Announcement, RedisLayer
+from ._single_flight import SingleFlight
+
+
+class Invalidation(ABC):
+    """One invalidation: its fence, its effect on a layer, its bus messages."""
+
+    carried: ClassVar[bool] = True
+    """Whether a carrier layer can send the bus messages with the remote change."""
+
+    @abstractmethod
+    def fence(self, single_flight: SingleFlight) -> None:
+        """Mark the loads in flight that this could make stale."""
+
+    @abstractmethod
+    def apply_local(self, layer: LocalLayer) -> Iterable[str]:
+        """Apply to a local layer; the keys removed, where they are counted."""
+
+    @abstractmethod
+    async def apply_remote(self, layer: Layer, announce: Announcement | None) -> Iterable[str]:
+        """Apply to a layer that needs I/O, ``announce`` going with it (the carrier's
+        only); the keys removed, where they are counted."""
+
+    @abstractmethod
+    def messages(self, origin: str) -> list[BusMessage]:
+        """The bus messages that announce it to the other stacks."""
+
+
+class DropKeys(Invalidation):
+    """``delete``/``delete_many``, and what a ``set`` elsewhere means here."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = keys
+
+    def fence(self, single_flight: SingleFlight) -> None:
+        single_flight.fence_keys(self.keys)
+
+    def apply_local(self, layer: LocalLayer) -> Iterable[str]:
+        layer.delete_many_nowait(self.keys)
+        return ()
+
+    async def apply_remote(self, layer: Layer, announce: Announcement | None) -> Iterable[str]:
+        if announce is not None and isinstance(layer, RedisLayer):
+            await layer.delete_many(self.keys, announce=announce)
+        else:
+            await layer.delete_many(self.keys)
+        return ()
+
+    def messages(self, origin: str) -> list[BusMessage]:
+        return split_keys(origin, self.keys)
+
+
+class DropTag(Invalidation):
+    """``invalidate_by_tag``: every entry carrying the tag."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def fence(self, single_flight: SingleFlight) -> None:
+        single_flight.fence_tag(self.tag)
+
+    def apply_local(self, layer: LocalLayer) -> Iterable[str]:
+        return layer.invalidate_tag_nowait(self.tag)
+
+    async def apply_remote(self, layer: Layer, announce: Announcement | None) -> Iterable[str]:
+        if announce is not None and isinstance(layer, RedisLayer):
+            return await layer.invalidate_tag(self.tag, announce=announce)
+        return await layer.invalidate_tag(self.tag)
+
+    def messages(self, origin: str) -> list[BusMessage]:
+        return [BusMessage(origin, "tag", tag=self.tag)]
+
+
+class DropAll(Invalidation):
+    """``clear``, and a resubscribed bus (messages may have been missed)."""
+
+    carried = False  # a clear is many requests (SCAN): announced after them
+
+    def fence(self, single_flight: SingleFlight) -> None:
+        single_flight.fence_all()
+
+    def apply_local(self, layer: LocalLayer) -> Iterable[str]:
+        layer.clear_nowait()
+        return ()
+
+    async def apply_remote(self, layer: Layer, announce: Announcement | None) -> Iterable[str]:
+        await layer.clear()
+        return ()
+
+    def messages(self, origin: str) -> list[BusMessage]:
+        return [BusMessage(origin, "clear")]
+
+
+def from_message(message: BusMessage) -> Invalidation:
+    """The invalidation a (checked) bus message announces."""
+    if message.op == "keys":
+        return DropKeys(message.keys)
+    if message.op == "tag" and message.tag is not None:
+        return DropTag(message.tag)
+    return DropAll()
+
+
+class InvalidationPath:
+    """Runs invalidations for one stack: its own and its peers'."""
+
+    def __init__(self, parts: Parts, announcer: Announcer) -> None:
+        self._parts = parts
+        self._announcer = announcer
+
+    async def run(self, change: Invalidation) -> int:
+        """Apply ``change`` everywhere and announce it; the distinct keys it removed,
+        as far as this stack could see (the kinds that count them)."""
+        parts = self._parts
+        messages = change.messages(parts.origin)
+        announce = self._announcer.announcement(messages) if change.carried else None
+        removed: set[str] = set()
+        change.fence(parts.single_flight)
+        for layer in parts.remote:
+            carried = announce if self._announcer.carrier(layer, announce) else None
+            guard = parts.guard(layer)
+            found = await guard.call(change.apply_remote, layer, carried, write=True)
+            if not isinstance(found, Skipped):
+                removed.update(found)
+        change.fence(parts.single_flight)
+        for local in parts.every_local:
+            removed.update(change.apply_local(local))
+        await self._announcer.send(messages, announce)
+        return len(removed)
+
+    def receive(self, message: BusMessage) -> None:
+        """Another stack changed something: drop it here (the listener calls this)."""
+        self.apply_here(from_message(message))
+
+    def resubscribed(self) -> None:
+        """The bus may have lost messages while unsubscribed: forget everything local."""
+        self.apply_here(DropAll())
+
+    def apply_here(self, change: Invalidation) -> None:
+        """Fence and apply ``change`` to the local layers, synchronously."""
+        change.fence(self._parts.single_flight)
+        for layer in self._parts.every_local:
+            change.apply_local(layer)

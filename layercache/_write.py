@@ -1,0 +1,108 @@
+"""The write path: ``set``, ``set_many`` and a load's result, all one procedure.
+
+1. Encode everything first, for every layer (:meth:`WritePath.encode`): a value one
+   layer cannot serialize fails the call before any layer is changed.
+2. Fence the loads in flight for the keys, write the layers that need I/O, fence again,
+   then write the local ones with no await in between: a reader that copied the old
+   entry up meanwhile is overwritten, and a load that read the old state can never
+   write it back afterwards (see the read path's rule).
+3. Announce the keys on the bus: with the change where a carrier layer takes it
+   (see :mod:`._announce`), else on the bus's own connection.
+
+A load's result is stored the same way without the announcement (nothing changed that
+another instance holds) and only while its flight is not stale; under the distributed
+coordinator's lock, the lock's layer writes only if the lock is still ours, and then so
+do the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ._announce import Announcer
+from ._bus import split_keys
+from ._layer import Layer
+from ._parts import Parts
+from ._record import Record
+from ._redis_layer import Announcement
+from ._single_flight import Flight
+
+Writes = dict[Layer, dict[str, Record]]
+"""Each layer's records to write, values encoded by that layer."""
+
+
+class WritePath:
+    def __init__(self, parts: Parts, announcer: Announcer) -> None:
+        self._parts = parts
+        self._announcer = announcer
+
+    def encode(
+        self, values: Mapping[str, object], ttl: float | None, tags: frozenset[str]
+    ) -> Writes:
+        """Every layer's records for ``values`` (checked keys), encoded now.
+
+        :raises SerializationError: a layer cannot encode a value; nothing is written.
+        """
+        now = self._parts.clock()
+        layers = self._parts.layers
+        if len(values) == 1:  # set(): no loop over the keys
+            ((key, value),) = values.items()
+            return {layer: {key: layer.record(value, now, ttl, tags)} for layer in layers}
+        writes: Writes = {layer: {} for layer in layers}
+        for key, value in values.items():
+            for layer in layers:
+                writes[layer][key] = layer.record(value, now, ttl, tags)
+        return writes
+
+    async def write(self, keys: Sequence[str], writes: Writes) -> None:
+        """Store ``writes`` (checked, encoded), then tell the other stacks about ``keys``."""
+        single_flight = self._parts.single_flight
+        messages = split_keys(self._parts.origin, keys)
+        announce = self._announcer.announcement(messages)
+        single_flight.fence_keys(keys)
+        await self._write_remote(writes, announce=announce)
+        single_flight.fence_keys(keys)
+        self._write_local(writes)
+        await self._announcer.send(messages, announce)
+
+    async def store(self, flight: Flight, writes: Writes, token: str | None) -> bool:
+        """Store a load's result unless a change made its flight stale; False if it was
+        not stored. Stale before the remote write: nothing is written. Stale during it:
+        the remote layers got it just before the change reached them, and the change
+        itself removes it there; the local layers are not written."""
+        if flight.stale or not await self._write_remote(writes, token):
+            return False
+        if flight.stale:
+            return False
+        self._write_local(writes)
+        return True
+
+    async def _write_remote(
+        self, writes: Writes, token: str | None = None, *, announce: Announcement | None = None
+    ) -> bool:
+        """Write the layers that need I/O, each through its guard. With a lock
+        ``token``, the lock's layer first: False if the lock was no longer ours (then
+        no layer is written)."""
+        parts = self._parts
+        lock_layer = parts.lock_layer
+        if token is not None and lock_layer is not None and parts.distributed is not None:
+            ((key, record),) = writes[lock_layer].items()
+            guard = parts.guard(lock_layer)
+            stored = await guard.call(lock_layer.write_locked, key, record, token, write=True)
+            if stored is False:
+                parts.distributed.lost_lock()
+                return False
+        for layer in parts.remote:
+            if token is not None and layer is lock_layer:
+                continue
+            guard = parts.guard(layer)
+            carrier = self._announcer.carrier(layer, announce)
+            if carrier is not None:
+                await guard.call(carrier.write_many, writes[layer], announce, write=True)
+            else:
+                await guard.call(layer.write_many, writes[layer], write=True)
+        return True
+
+    def _write_local(self, writes: Writes) -> None:
+        for layer in self._parts.every_local:
+            layer.write_many_nowait(writes[layer])
