@@ -24,7 +24,7 @@ from typing import Any
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis_layer import DEFAULT_TIMEOUT
 from ._serializers import JsonSerializer
-from ._validation import MAX_KEY_LENGTH, check_key, check_tag, check_ttl
+from ._validation import MAX_KEY_LENGTH, check_duration, check_key, check_tag
 
 _JSON = JsonSerializer()
 """The messages' JSON (orjson when installed): what the values use too."""
@@ -190,12 +190,8 @@ class RedisInvalidationBus:
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ValueError("secret must be non-empty bytes or str")
         self.secret: bytes | None = secret
-        checked = check_ttl(timeout, name="timeout")
-        assert checked is not None
-        self.timeout = checked
-        interval = check_ttl(keepalive, name="keepalive")
-        assert interval is not None
-        self.keepalive = interval
+        self.timeout = check_duration(timeout, "timeout")
+        self.keepalive = check_duration(keepalive, "keepalive")
         self.ssl_context = ssl_context
         self._in_use = False
 

@@ -46,7 +46,7 @@ from ._redis._scripts import ACQUIRE, LOCK_SCRIPTS, RELEASE, RENEW, run_scripts
 from ._redis._transport import Transport
 from ._redis_layer import DEFAULT_TIMEOUT, KeySpace
 from ._statistics import CoordinatorStatistics
-from ._validation import check_ttl
+from ._validation import check_duration
 
 logger = logging.getLogger("layercache.distributed")
 
@@ -154,9 +154,9 @@ class RedisSingleFlightCoordinator:
             raise TypeError("RedisSingleFlightCoordinator needs exactly one of url= or client=")
         self.address: RedisAddress | None = parse_redis_url(url) if url is not None else None
         self.client = client
-        self.lease = _positive(lease, "lease")
-        self.wait_timeout = _positive(wait_timeout, "wait_timeout")
-        self.timeout = _positive(timeout, "timeout")
+        self.lease = check_duration(lease, "lease")
+        self.wait_timeout = check_duration(wait_timeout, "wait_timeout")
+        self.timeout = check_duration(timeout, "timeout")
         self.ssl_context = ssl_context
         self._keys: KeySpace | None = None
         self._transport: Transport | ClientTransport | None = None
@@ -401,13 +401,6 @@ class RedisSingleFlightCoordinator:
             lost=self.lost,
             held=len(self._held),
         )
-
-
-def _positive(value: float, name: str) -> float:
-    checked = check_ttl(value, name=name)
-    if checked is None:
-        raise ValueError(f"{name} must be a positive finite number of seconds")
-    return checked
 
 
 def _milliseconds(seconds: float) -> int:

@@ -48,7 +48,7 @@ from ._redis._transport import Transport
 from ._reply import ReplySlot
 from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
 from ._statistics import LayerStatistics
-from ._validation import check_name, check_ttl
+from ._validation import check_duration, check_name, check_ttl
 
 logger = logging.getLogger("layercache.redis")
 
@@ -174,10 +174,7 @@ class RedisLayer(Layer):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         self.prefix = prefix
         self.keys = KeySpace(prefix)
-        checked_timeout = check_ttl(timeout, name="timeout")
-        if checked_timeout is None:
-            raise ValueError("timeout must be a positive finite number of seconds")
-        self.timeout = checked_timeout
+        self.timeout = check_duration(timeout, "timeout")
         self.serializer = resolve_serializer(serializer)
         self._ssl_context = ssl_context
         self._transport: Transport | ClientTransport | None = None
