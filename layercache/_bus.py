@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._redis._address import RedisAddress, parse_redis_url
+from ._redis._address import RedisAddress
+from ._redis._endpoint import RedisEndpoint
 from ._redis_layer import DEFAULT_TIMEOUT
 from ._serializers import JsonSerializer
-from ._validation import MAX_KEY_LENGTH, check_key, check_tag, check_ttl
+from ._validation import MAX_KEY_LENGTH, check_duration, check_key, check_tag
 
 _JSON = JsonSerializer()
 """The messages' JSON (orjson when installed): what the values use too."""
@@ -178,10 +179,12 @@ class RedisInvalidationBus:
         ssl_context: Any = None,
         client: Any = None,
     ) -> None:
-        if (url is None) == (client is None):
-            raise TypeError("RedisInvalidationBus needs exactly one of url= or client=")
-        self.address: RedisAddress | None = parse_redis_url(url) if url is not None else None
+        self.endpoint = RedisEndpoint(
+            "RedisInvalidationBus", url, client, timeout=timeout, ssl_context=ssl_context
+        )
+        self.address: RedisAddress | None = self.endpoint.address
         self.client = client
+        self.timeout = self.endpoint.timeout
         if not isinstance(channel, str) or not channel:
             raise ValueError("channel must be a non-empty str")
         self.channel = channel
@@ -190,18 +193,12 @@ class RedisInvalidationBus:
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ValueError("secret must be non-empty bytes or str")
         self.secret: bytes | None = secret
-        checked = check_ttl(timeout, name="timeout")
-        assert checked is not None
-        self.timeout = checked
-        interval = check_ttl(keepalive, name="keepalive")
-        assert interval is not None
-        self.keepalive = interval
-        self.ssl_context = ssl_context
+        self.keepalive = check_duration(keepalive, "keepalive")
         self._in_use = False
 
     def __repr__(self) -> str:
         signed = "signed" if self.secret else "unsigned"
-        where = self.address.display() if self.address is not None else repr(self.client)
+        where = self.endpoint.display()
         return f"<RedisInvalidationBus {where} {self.channel!r} {signed}>"
 
     def attach(self) -> None:

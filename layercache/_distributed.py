@@ -45,14 +45,15 @@ from anyio.abc import TaskStatus
 from ._exceptions import LayerUnavailableError
 from ._health import LayerHealth, Skipped
 from ._redis._adapter import ClientTransport
-from ._redis._address import RedisAddress, parse_redis_url
+from ._redis._address import RedisAddress
 from ._redis._connection import Command
-from ._redis._errors import RedisConfigurationError, RedisError
+from ._redis._endpoint import RedisEndpoint, check_replies, unavailable
+from ._redis._errors import RedisError
 from ._redis._scripts import ACQUIRE, LOCK_SCRIPTS, RELEASE, RENEW, run_scripts
 from ._redis._transport import Transport
 from ._redis_layer import DEFAULT_TIMEOUT, KeySpace, RedisLayer
 from ._statistics import CoordinatorStatistics
-from ._validation import check_ttl
+from ._validation import check_duration
 
 logger = logging.getLogger("layercache.distributed")
 
@@ -158,14 +159,14 @@ class RedisSingleFlightCoordinator:
         timeout: float = DEFAULT_TIMEOUT,
         ssl_context: Any = None,
     ) -> None:
-        if (url is None) == (client is None):
-            raise TypeError("RedisSingleFlightCoordinator needs exactly one of url= or client=")
-        self.address: RedisAddress | None = parse_redis_url(url) if url is not None else None
+        self.endpoint = RedisEndpoint(
+            "RedisSingleFlightCoordinator", url, client, timeout=timeout, ssl_context=ssl_context
+        )
+        self.address: RedisAddress | None = self.endpoint.address
         self.client = client
-        self.lease = _positive(lease, "lease")
-        self.wait_timeout = _positive(wait_timeout, "wait_timeout")
-        self.timeout = _positive(timeout, "timeout")
-        self.ssl_context = ssl_context
+        self.timeout = self.endpoint.timeout
+        self.lease = check_duration(lease, "lease")
+        self.wait_timeout = check_duration(wait_timeout, "wait_timeout")
         self._keys: KeySpace | None = None
         self._transport: Transport | ClientTransport | None = None
         self._held: dict[str, _Lease] = {}
@@ -177,7 +178,7 @@ class RedisSingleFlightCoordinator:
         self.acquired = self.waits = self.takeovers = self.timeouts = self.lost = 0
 
     def __repr__(self) -> str:
-        where = self.address.display() if self.address is not None else repr(self.client)
+        where = self.endpoint.display()
         return f"<RedisSingleFlightCoordinator {where} lease={self.lease} held={len(self._held)}>"
 
     def attach(self, keys: KeySpace) -> None:
@@ -204,39 +205,19 @@ class RedisSingleFlightCoordinator:
 
         The actor: connect (a refused login fails the stack's start), then renew the
         held locks until cancelled; on the way out, give back any still held."""
-        transport: Transport | ClientTransport
-        if self.address is not None:
-            transport = Transport(
-                self.address,
-                timeout=self.timeout,
-                ssl_context=self.ssl_context,
-                setup=[("SCRIPT", "LOAD", script.source) for script in LOCK_SCRIPTS],
-            )
-        else:
-            transport = ClientTransport(self.client, timeout=self.timeout)
-        refused: Exception | None = None
-        async with anyio.create_task_group() as tasks:
+        setup = [("SCRIPT", "LOAD", script.source) for script in LOCK_SCRIPTS]
+        async with self.endpoint.transport(self.name, setup) as transport:
+            self._transport = transport
+            task_status.started()
             try:
-                await tasks.start(transport.run)
-            except (RedisConfigurationError, TypeError) as error:
-                refused = error
-            else:
-                self._transport = transport
-                task_status.started()
-                try:
-                    async with anyio.create_task_group() as work:
-                        work.start_soon(self._release_orphans, transport)
-                        await self._renew_forever()
-                finally:
-                    # Loads cancelled with the stack may not have released theirs.
-                    held, self._held = list(self._held.items()), {}
-                    await self._send_quietly([lease.release(lock) for lock, lease in held])
-                    self._transport = None
-                    tasks.cancel_scope.cancel()
-        if isinstance(refused, TypeError):
-            raise refused
-        if refused is not None:
-            raise LayerUnavailableError(self.name, str(refused)) from refused
+                async with anyio.create_task_group() as work:
+                    work.start_soon(self._release_orphans, transport)
+                    await self._renew_forever()
+            finally:
+                # Loads cancelled with the stack may not have released theirs.
+                held, self._held = list(self._held.items()), {}
+                await self._send_quietly([lease.release(lock) for lock, lease in held])
+                self._transport = None
 
     async def _renew_forever(self) -> None:
         """Extend every held lock (and its load's tag sets) each ``lease / 3``: a live
@@ -462,11 +443,8 @@ class RedisSingleFlightCoordinator:
         try:
             replies = await run_scripts(transport.call, commands, LOCK_SCRIPTS)
         except RedisError as error:
-            raise LayerUnavailableError(self.name, str(error)) from error
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise LayerUnavailableError(self.name, f"Redis answered: {reply}")
-        return replies
+            raise unavailable(self.name, error) from error
+        return check_replies(self.name, replies)
 
     def _keyspace(self) -> KeySpace:
         keys = self._keys
@@ -488,13 +466,6 @@ class RedisSingleFlightCoordinator:
             lost=self.lost,
             held=len(self._held),
         )
-
-
-def _positive(value: float, name: str) -> float:
-    checked = check_ttl(value, name=name)
-    if checked is None:
-        raise ValueError(f"{name} must be a positive finite number of seconds")
-    return checked
 
 
 def _milliseconds(seconds: float) -> int:

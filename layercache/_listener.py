@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import anyio
-import hiredis
 from anyio.abc import TaskStatus
 
 from ._bus import (
@@ -39,8 +38,9 @@ from ._bus import (
 from ._exceptions import LayerUnavailableError
 from ._redis._adapter import ClientTransport
 from ._redis._connection import Command
+from ._redis._endpoint import check_replies, unavailable
 from ._redis._errors import RedisConfigurationError, RedisConnectionError, RedisError
-from ._redis._subscription import ClientSubscription, ConnectionSubscription, Subscription
+from ._redis._subscription import Subscription
 from ._redis._transport import Transport
 
 logger = logging.getLogger("layercache.listener")
@@ -93,29 +93,12 @@ class InvalidationListener:
     # -- the actor ---------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        bus = self.bus
-        publisher: Transport | ClientTransport
-        if bus.address is not None:
-            publisher = Transport(bus.address, timeout=bus.timeout, ssl_context=bus.ssl_context)
-        else:
-            publisher = ClientTransport(bus.client, timeout=bus.timeout)
-        async with anyio.create_task_group() as tasks:
+        async with self.bus.endpoint.transport(self.name) as publisher:
+            self._publisher = publisher
             try:
-                await tasks.start(publisher.run)
-            except (RedisConfigurationError, TypeError) as error:
-                refused: Exception | None = error
-            else:
-                refused = None
-                self._publisher = publisher
-                try:
-                    await self._listen(task_status)
-                finally:
-                    self._publisher = None
-                    tasks.cancel_scope.cancel()
-        if isinstance(refused, TypeError):
-            raise refused
-        if refused is not None:
-            raise LayerUnavailableError(self.name, str(refused)) from refused
+                await self._listen(task_status)
+            finally:
+                self._publisher = None
 
     async def _listen(self, task_status: TaskStatus[None]) -> None:
         # After a restart (the supervisor runs us again) the stack is already running:
@@ -129,11 +112,11 @@ class InvalidationListener:
                 connection = await self._subscribe()
             except RedisConfigurationError as error:
                 if not started:
-                    raise LayerUnavailableError(self.name, str(error)) from error
+                    raise unavailable(self.name, error) from error
                 logger.error("cannot resubscribe to %r: %s", self.bus.channel, error)
             except RedisConnectionError as error:
                 if not started and not self._start_disconnected:
-                    raise LayerUnavailableError(self.name, str(error)) from error
+                    raise unavailable(self.name, error) from error
                 if not started:
                     logger.warning("bus unavailable (%s); will keep trying", error)
                     started = self._started_once = True
@@ -162,11 +145,7 @@ class InvalidationListener:
         bus = self.bus
         try:
             with anyio.fail_after(bus.timeout):
-                if bus.address is not None:
-                    return await ConnectionSubscription.open(
-                        bus.address, bus.channel, bus.ssl_context
-                    )
-                return await ClientSubscription.open(bus.client, bus.channel)
+                return await bus.endpoint.subscribe(bus.channel)
         except TimeoutError as error:
             raise RedisConnectionError(
                 f"subscribing to {bus.channel!r} timed out after {bus.timeout} s"
@@ -251,10 +230,8 @@ class InvalidationListener:
             # cancel scope of our own needed.
             replies = await publisher.call(commands)
         except RedisError as error:
-            raise LayerUnavailableError(self.name, str(error)) from error
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise LayerUnavailableError(self.name, f"Redis answered: {reply}")
+            raise unavailable(self.name, error) from error
+        check_replies(self.name, replies)
         self.sent += len(messages)
 
     def publish_commands(self, messages: Sequence[BusMessage]) -> list[Command]:

@@ -28,7 +28,7 @@ from anyio.abc import TaskStatus
 from ._layer import LocalLayer
 from ._record import Record
 from ._statistics import LayerStatistics
-from ._validation import check_max_size, check_name, check_ttl
+from ._validation import check_duration, check_max_size, check_name, check_ttl
 
 SWEEP_CHUNK = 2048
 
@@ -54,9 +54,7 @@ class MemoryLayer(LocalLayer):
     ) -> None:
         super().__init__(name=check_name(name), ttl=check_ttl(ttl))
         self.max_size = check_max_size(max_size)
-        interval = check_ttl(sweep_interval, name="sweep_interval")
-        assert interval is not None
-        self.sweep_interval = interval
+        self.sweep_interval = check_duration(sweep_interval, "sweep_interval")
         self._data: OrderedDict[str, Record] = OrderedDict()
         self._tags: dict[str, set[str]] = {}
         self._running = False

@@ -6,15 +6,9 @@ written rather than when Redis first misbehaves.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-
-def _check_duration(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+from ._validation import check_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +24,7 @@ class GracefulDegradation:
     """Seconds a failed layer is skipped before the next request tries it again."""
 
     def __post_init__(self) -> None:
-        _check_duration("retry_after", self.retry_after)
+        check_duration(self.retry_after, "retry_after")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,4 +45,4 @@ class CircuitBreaker:
             raise TypeError(f"threshold must be an int, not {type(self.threshold).__name__}")
         if self.threshold < 1:
             raise ValueError(f"threshold must be at least 1, got {self.threshold}")
-        _check_duration("reset_after", self.reset_after)
+        check_duration(self.reset_after, "reset_after")

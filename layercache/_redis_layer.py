@@ -36,14 +36,10 @@ from ._exceptions import LayerUnavailableError
 from ._layer import Layer
 from ._record import Record
 from ._redis._adapter import ClientTransport
-from ._redis._address import RedisAddress, parse_redis_url
+from ._redis._address import RedisAddress
 from ._redis._connection import Command
-from ._redis._errors import (
-    RedisConfigurationError,
-    RedisConnectionError,
-    RedisError,
-    RedisReplyError,
-)
+from ._redis._endpoint import RedisEndpoint, check_replies, unavailable
+from ._redis._errors import RedisConnectionError, RedisError, RedisReplyError
 from ._redis._scripts import DELETE, INVALIDATE_TAG, SCRIPTS, WRITE, Script, run_scripts
 from ._redis._transport import Transport
 from ._reply import ReplySlot
@@ -169,20 +165,17 @@ class RedisLayer(Layer):
         ssl_context: Any = None,
     ) -> None:
         super().__init__(name=check_name(name), ttl=check_ttl(ttl))
-        if (url is None) == (client is None):
-            raise TypeError("RedisLayer needs exactly one of url= or client=")
-        self.address: RedisAddress | None = parse_redis_url(url) if url is not None else None
+        self.endpoint = RedisEndpoint(
+            "RedisLayer", url, client, timeout=timeout, ssl_context=ssl_context
+        )
+        self.address: RedisAddress | None = self.endpoint.address
         self.client = client
+        self.timeout = self.endpoint.timeout
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         self.prefix = prefix
         self.keys = KeySpace(prefix)
-        checked_timeout = check_ttl(timeout, name="timeout")
-        if checked_timeout is None:
-            raise ValueError("timeout must be a positive finite number of seconds")
-        self.timeout = checked_timeout
         self.serializer = resolve_serializer(serializer)
-        self._ssl_context = ssl_context
         self._transport: Transport | ClientTransport | None = None
         self._inbox: MemoryObjectSendStream[Request] | None = None
         self._writer: anyio.Lock | None = None
@@ -195,7 +188,7 @@ class RedisLayer(Layer):
         self._errors = self._corrupt = self._batches = 0
 
     def __repr__(self) -> str:
-        where = self.address.display() if self.address is not None else repr(self.client)
+        where = self.endpoint.display()
         return f"<RedisLayer {self.name!r} {where} prefix={self.prefix!r} {self._state()}>"
 
     def _state(self) -> str:
@@ -207,31 +200,16 @@ class RedisLayer(Layer):
     # -- the actor ---------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        transport: Transport | ClientTransport
-        if self.address is not None:
-            # Every new connection loads the scripts first: a restarted server's empty
-            # script cache then costs nothing, and EVALSHA needs no NOSCRIPT round trip.
-            transport = Transport(
-                self.address,
-                timeout=self.timeout,
-                ssl_context=self._ssl_context,
-                setup=[("SCRIPT", "LOAD", script.source) for script in SCRIPTS],
-            )
-        else:
-            transport = ClientTransport(self.client, timeout=self.timeout)
-        send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)
         # Read per request: resolved once (what anyio would look up each time).
         self._now, self._new_event = deadline_clock(), event_type()
-        refused: Exception | None = None
-        async with anyio.create_task_group() as tasks, send, receive:
-            try:
-                await tasks.start(transport.run)
-            except Exception as error:
-                # Raised below, outside the task group, so it is not wrapped in a group.
-                refused = error
-            else:
-                if isinstance(transport, ClientTransport):
-                    await _load_scripts(transport)
+        # Every new connection loads the scripts first: a restarted server's empty
+        # script cache then costs nothing, and EVALSHA needs no NOSCRIPT round trip.
+        setup = [("SCRIPT", "LOAD", script.source) for script in SCRIPTS]
+        async with self.endpoint.transport(self.name, setup) as transport:
+            if isinstance(transport, ClientTransport):
+                await _load_scripts(transport)
+            send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)
+            with send, receive:
                 self._transport = transport
                 self._inbox = send
                 self._queued = 0
@@ -244,12 +222,7 @@ class RedisLayer(Layer):
                     self._inbox = None
                     self._transport = None
                     self._writer = None
-                    tasks.cancel_scope.cancel()
                     _fail_waiting(receive, RedisConnectionError("the Redis layer stopped"))
-        if isinstance(refused, RedisConfigurationError):
-            raise LayerUnavailableError(self.name, str(refused)) from refused
-        if refused is not None:
-            raise refused
 
     async def _serve(
         self, transport: Transport | ClientTransport, receive: MemoryObjectReceiveStream[Request]
@@ -438,7 +411,7 @@ class RedisLayer(Layer):
             raise LayerUnavailableError(self.name, f"no answer within {self.timeout} s") from error
         except RedisError as error:
             self._errors += 1
-            raise LayerUnavailableError(self.name, str(error)) from error
+            raise unavailable(self.name, error) from error
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as error:
             raise LayerUnavailableError(self.name, "the layer stopped") from error
 
@@ -463,13 +436,11 @@ class RedisLayer(Layer):
                 logger.debug("%r could not announce a change: %s", self.name, refused[0])
             announce.sent = not refused
             replies = replies[: len(commands)]
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                self._errors += 1
-                raise LayerUnavailableError(self.name, f"Redis answered: {reply}") from (
-                    RedisReplyError(str(reply))
-                )
-        return replies
+        try:
+            return check_replies(self.name, replies)
+        except LayerUnavailableError:
+            self._errors += 1
+            raise
 
     async def _send_batch(self, commands: list[Command]) -> list[object]:
         replies: list[object] = await self._request(functools.partial(Call, commands))

@@ -1,7 +1,9 @@
-"""Argument checks shared by the stack and the layers.
+"""Argument checks shared by the stack, the layers and the other actors.
 
 Keys, TTLs and tags are checked once, where they enter the stack; layers trust them.
-Type errors raise :class:`TypeError`, bad values :class:`ValueError`.
+Every duration (a TTL, a timeout, a lease, an interval) goes through
+:func:`check_duration`. Type errors raise :class:`TypeError`, bad values
+:class:`ValueError`.
 """
 
 from __future__ import annotations
@@ -41,22 +43,32 @@ def check_keys(keys: object) -> list[str]:
     return [check_key(key) for key in keys]
 
 
-def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
-    """Return ``ttl`` as a float, or None for "the layer's default"."""
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(ttl).__name__}")
+def check_duration(value: object, name: str) -> float:
+    """Return ``value``, a number of seconds (a TTL, a timeout, a lease…), as a float.
+
+    The one check of every duration: positive, finite and at most :data:`MAX_TTL`.
+
+    :raises TypeError: not an int or a float (a bool is not a number of seconds).
+    :raises ValueError: zero, negative, infinite, NaN or longer than :data:`MAX_TTL`.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     try:
-        seconds = float(ttl)
+        seconds = float(value)
     except OverflowError:  # an int too large for a float
         seconds = math.inf
     if not (math.isfinite(seconds) and 0 < seconds <= MAX_TTL):
         raise ValueError(
             f"{name} must be a positive finite number of seconds (at most {MAX_TTL:.0e}), "
-            f"got {ttl!r}"
+            f"got {value!r}"
         )
     return seconds
+
+
+def check_ttl(ttl: object) -> float | None:
+    """Return ``ttl`` as a float, or None for "the layer's default" (see
+    :func:`check_duration`)."""
+    return None if ttl is None else check_duration(ttl, "ttl")
 
 
 def check_tags(tags: object) -> frozenset[str]:

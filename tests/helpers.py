@@ -1,8 +1,25 @@
-"""Test helpers: a fetcher the test opens and closes by hand."""
+"""Test helpers: a fetcher the test opens and closes by hand, and bad durations."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import anyio
+
+from layercache._validation import MAX_TTL
+
+BAD_DURATIONS: list[tuple[Any, type[Exception]]] = [
+    (None, TypeError),  # only a TTL may be None (the layer's default)
+    ("1", TypeError),
+    (True, TypeError),
+    (0, ValueError),
+    (-1.0, ValueError),
+    (math.inf, ValueError),
+    (math.nan, ValueError),
+    (MAX_TTL * 10, ValueError),
+]
+"""Every duration (timeout, lease, interval…) refuses these, with the error given."""
 
 
 class GatedFetcher:

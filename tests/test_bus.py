@@ -39,6 +39,8 @@ from layercache._redis._connection import Connection
 from layercache._redis._transport import Transport
 from layercache._validation import MAX_KEY_LENGTH
 
+from .helpers import BAD_DURATIONS
+
 SECRET = b"a shared secret of some length"
 
 
@@ -299,6 +301,13 @@ async def test_bus_needs_its_own_type() -> None:
         RedisInvalidationBus("redis://localhost", secret=b"")
     with pytest.raises(ValueError, match="Redis URL"):
         RedisInvalidationBus("http://localhost")
+
+
+@pytest.mark.parametrize(("bad", "error"), BAD_DURATIONS)
+@pytest.mark.parametrize("argument", ["timeout", "keepalive"])
+def test_bus_durations_are_checked(argument: str, bad: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=argument):
+        RedisInvalidationBus("redis://localhost", **{argument: bad})
 
 
 # -- publishing with the change ---------------------------------------------------------

@@ -31,7 +31,7 @@ from layercache import (
 from layercache._distributed import POLL_FIRST, POLL_MAX, Wait
 from layercache.testing import RedisServer
 
-from .helpers import GatedFetcher
+from .helpers import BAD_DURATIONS, GatedFetcher
 
 pytestmark = pytest.mark.anyio
 
@@ -445,6 +445,13 @@ def test_arguments_are_checked() -> None:
             RedisSingleFlightCoordinator("redis://localhost", wait_timeout=bad)
     with pytest.raises(ValueError, match=r"URL|url|scheme"):
         RedisSingleFlightCoordinator("http://localhost")
+
+
+@pytest.mark.parametrize(("bad", "error"), BAD_DURATIONS)
+@pytest.mark.parametrize("argument", ["lease", "wait_timeout", "timeout"])
+def test_durations_are_checked(argument: str, bad: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=argument):
+        RedisSingleFlightCoordinator("redis://localhost", **{argument: bad})
 
 
 def test_the_stack_needs_a_redis_layer_and_the_right_type() -> None:

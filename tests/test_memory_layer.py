@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from layercache import CacheStack, MemoryLayer, Record
 from layercache.testing import FakeClock, LayerContract
+
+from .helpers import BAD_DURATIONS
 
 
 def _layer(clock: FakeClock, **kwargs: object) -> MemoryLayer:
@@ -137,6 +141,12 @@ async def test_two_memory_layers_backfill_with_remaining_ttl(clock: FakeClock) -
         clock.advance(6)
         assert await cache.get_many(["a", "b", "c"]) == {"a": "A", "b": "B", "c": "C"}
         assert await cache.invalidate_by_tag("t") == 3
+
+
+@pytest.mark.parametrize(("bad", "error"), BAD_DURATIONS)
+def test_sweep_interval_is_checked(bad: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="sweep_interval"):
+        MemoryLayer(sweep_interval=bad)
 
 
 class TestMemoryLayerContract(LayerContract):

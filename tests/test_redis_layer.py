@@ -33,7 +33,7 @@ from layercache._redis._transport import Transport
 from layercache._validation import MAX_TTL
 from layercache.testing import LayerContract
 
-from .helpers import GatedFetcher
+from .helpers import BAD_DURATIONS, GatedFetcher
 
 pytestmark = pytest.mark.anyio
 
@@ -348,6 +348,12 @@ async def test_bad_urls_fail_at_construction() -> None:
         RedisLayer(url="redis://localhost", client=object())
     with pytest.raises(ValueError, match="timeout"):
         RedisLayer(url="redis://localhost", timeout=0)
+
+
+@pytest.mark.parametrize(("bad", "error"), BAD_DURATIONS)
+def test_timeout_is_checked(bad: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="timeout"):
+        RedisLayer(url="redis://localhost", timeout=bad)
 
 
 async def test_database_number_in_the_url(redis_server: Any, prefix: str, raw: Transport) -> None:

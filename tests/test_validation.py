@@ -13,7 +13,9 @@ from layercache import (
     GracefulDegradation,
     MemoryLayer,
 )
-from layercache._validation import MAX_TTL
+from layercache._validation import MAX_TTL, check_duration, check_ttl
+
+from .helpers import BAD_DURATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -183,6 +185,24 @@ def test_memory_layer_value_errors(kwargs: dict[str, Any]) -> None:
 def test_memory_layer_type_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(TypeError):
         MemoryLayer(**kwargs)
+
+
+@pytest.mark.parametrize(("bad", "error"), BAD_DURATIONS)
+def test_every_duration_is_checked_alike(bad: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="lease"):
+        check_duration(bad, "lease")
+    with pytest.raises(error, match="retry_after"):
+        GracefulDegradation(retry_after=bad)
+    with pytest.raises(error, match="reset_after"):
+        CircuitBreaker(reset_after=bad)
+
+
+def test_durations_come_back_as_floats() -> None:
+    assert check_duration(2, "timeout") == 2.0
+    assert type(check_duration(2, "timeout")) is float
+    assert check_duration(MAX_TTL, "lease") == MAX_TTL
+    assert check_ttl(None) is None
+    assert check_ttl(5) == 5.0
 
 
 def test_option_objects_validate() -> None:
