@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,9 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:  # the benchmarks import their helpers as top-level modules
     sys.path.insert(0, str(HERE))
 
+from _harness import markdown_table, render_markdown  # noqa: E402
 from _machine import describe, load_average  # noqa: E402
-from _results import TARGETS, Comparison, Report, Table, Verdict  # noqa: E402
+from _results import TARGETS, Comparison, Report, Verdict  # noqa: E402
 
 TEMPLATE = HERE / "performance_template.md"
 PAGE = "performance.md"
@@ -158,34 +159,6 @@ def run_benchmark(benchmark: Benchmark, quick: bool) -> Outcome:
 
 
 # -- the page ---------------------------------------------------------------------------------
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _numeric(text: str) -> bool:
-    return bool(re.match(r"^[0-9.,]+\s*(x|B|ms|s|µs|us)?(\s*\(.*\))?$", text))
-
-
-def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A GitHub markdown table; columns of mostly figures are right-aligned."""
-    rows = list(rows)
-    aligns = []
-    for index in range(len(columns)):
-        numeric = sum(_numeric(row[index]) for row in rows)
-        aligns.append("---:" if rows and numeric * 2 > len(rows) else "---")
-    lines = ["| " + " | ".join(_cell(column) for column in columns) + " |"]
-    lines.append("|" + "|".join(aligns) + "|")
-    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_table(table: Table) -> str:
-    parts = [f"**{table.title}**", markdown_table(table.columns, table.rows)]
-    if table.note:
-        parts.append(table.note)
-    return "\n\n".join(parts)
 
 
 def overall(verdicts: Sequence[Verdict]) -> str:
@@ -314,7 +287,7 @@ def render_benchmark(run: Run, name: str) -> str:
         + (f" ({report.settings})" if report.settings else "")
         + f", {outcome.seconds:.0f} s:"
     ]
-    parts += [render_table(table) for table in report.tables]
+    parts += [render_markdown(table) for table in report.tables]
     if report.verdicts:
         rows = [(f"**{v.status}**", v.backend, v.goal, v.measured) for v in report.verdicts]
         parts.append("**DESIGN §5 targets**")
