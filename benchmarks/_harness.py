@@ -316,7 +316,15 @@ def render_text(table: Table, width: int = 100) -> str:
     lines = [table.title, line(table.columns), "  " + "-" * (sum(widths) + 2 * len(widths) - 2)]
     lines += [line(row) for row in table.rows]
     if table.note:
-        lines.append(textwrap.fill(table.note, width, initial_indent="  ", subsequent_indent="  "))
+        lines.append(
+            textwrap.fill(
+                table.note,
+                width,
+                initial_indent="  ",
+                subsequent_indent="  ",
+                break_on_hyphens=False,
+            )
+        )
     return "\n".join(lines)
 
 
