@@ -23,9 +23,11 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import io
 import math
 import re
 import statistics
+import sys
 import textwrap
 import time
 import urllib.parse
@@ -33,11 +35,11 @@ import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TextIO, TypeVar
 
 import anyio.lowlevel
 from _machine import describe, load_average
-from _results import Report, Table, capture_stdout
+from _results import Report, Table
 
 from layercache.testing import RedisServer
 
@@ -341,18 +343,34 @@ def print_report(report: Report) -> None:
         print()
 
 
+class _Tee(io.StringIO):
+    """Keeps what is written, and passes it on to ``echo``."""
+
+    def __init__(self, echo: TextIO) -> None:
+        super().__init__()
+        self.echo = echo
+
+    def write(self, text: str) -> int:
+        self.echo.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.echo.flush()
+
+
 def measure_and_print(measure: Callable[[], Report]) -> Report:
     """Run ``measure`` and print the report it returns by rendering its tables; that
-    report, with everything printed meanwhile as its ``output``."""
+    report, with everything printed meanwhile (still shown as it comes) as its ``output``."""
     started = time.perf_counter()
-    with capture_stdout() as printed:
+    printed = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(printed):
         report = measure()
         print_report(report)
         print(
             f"(measured in {time.perf_counter() - started:.0f} s; "
             f"load avg at the end {load_average()})"
         )
-    return dataclasses.replace(report, output=printed.text)
+    return dataclasses.replace(report, output=printed.getvalue())
 
 
 def print_machine(libraries: Sequence[str], *extra: tuple[str, str]) -> None:

@@ -258,11 +258,7 @@ CONTENDERS: tuple[Contender[Workload, Getter], ...] = (
     Contender(LAYERCACHE, start_layercache, "RedisLayer only (L2), url=", BOTH),
     Contender(LAYER_DIRECT, start_layer_direct, "diagnostic: the layer without the stack", BOTH),
     Contender(
-        REDIS_PY,
-        start_redis_py,
-        "asyncio target peer; pool of 200 connections",
-        BOTH,
-        foreign=True,
+        REDIS_PY, start_redis_py, "asyncio target peer; pool of 200 connections", BOTH, foreign=True
     ),
     Contender(
         REDIS_PY_BLOCKING,

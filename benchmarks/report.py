@@ -367,51 +367,9 @@ def draw_chart(comparisons: Sequence[Comparison], path: Path, subtitle: str) -> 
         gridspec_kw={"height_ratios": heights},
         squeeze=False,
     )
-    bar = 0.8 / len(backends)
     for axis, (scenario, peers) in zip(axes[:, 0], scenarios.items(), strict=True):
-        for row, peer in enumerate(peers):
-            for index, backend in enumerate(backends):
-                y = row - 0.4 + bar * (index + 0.5)
-                found = [
-                    c
-                    for c in comparisons
-                    if (c.scenario, c.peer, c.backend) == (scenario, peer, backend)
-                ]
-                if not found:
-                    axis.text(
-                        low * 1.1,
-                        y,
-                        f"does not run on {backend}",
-                        va="center",
-                        fontsize=8,
-                        color="grey",
-                    )
-                    continue
-                comparison = found[0]
-                axis.barh(
-                    y, comparison.speedup, height=bar * 0.9, left=0, color=BACKEND_COLOURS[backend]
-                )
-                axis.text(
-                    comparison.speedup * 1.04,
-                    y,
-                    f"{comparison.speedup:.2f}x",
-                    va="center",
-                    fontsize=8,
-                    zorder=4,
-                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
-                )
-                if comparison.goal is not None:
-                    axis.plot(
-                        [comparison.goal] * 2,
-                        [y - bar / 2, y + bar / 2],
-                        color="black",
-                        linewidth=2.5,
-                    )
-        axis.set_yticks(range(len(peers)), peers, fontsize=9)
-        axis.set_ylim(len(peers) - 0.5, -0.5)
-        axis.set_title(scenario, loc="left", fontsize=10, fontweight="bold")
-        axis.axvline(1.0, color="grey", linewidth=1, linestyle="--")
-        axis.grid(axis="x", which="major", alpha=0.3)
+        found = [c for c in comparisons if c.scenario == scenario]
+        _draw_scenario(axis, scenario, peers, found, backends, low)
     bottom = axes[-1, 0]
     bottom.set_xscale("log")
     bottom.set_xlim(low, high)
@@ -437,6 +395,54 @@ def draw_chart(comparisons: Sequence[Comparison], path: Path, subtitle: str) -> 
     return ""
 
 
+def _draw_scenario(
+    axis: Any,
+    scenario: str,
+    peers: Sequence[str],
+    comparisons: Sequence[Comparison],
+    backends: Sequence[str],
+    low: float,
+) -> None:
+    """One scenario's bars: a row per peer, a bar per backend, its goal marked."""
+    bar = 0.8 / len(backends)
+    for row, peer in enumerate(peers):
+        for index, backend in enumerate(backends):
+            y = row - 0.4 + bar * (index + 0.5)
+            found = [c for c in comparisons if (c.peer, c.backend) == (peer, backend)]
+            if not found:
+                axis.text(
+                    low * 1.1,
+                    y,
+                    f"does not run on {backend}",
+                    va="center",
+                    fontsize=8,
+                    color="grey",
+                )
+                continue
+            comparison = found[0]
+            axis.barh(
+                y, comparison.speedup, height=bar * 0.9, left=0, color=BACKEND_COLOURS[backend]
+            )
+            axis.text(
+                comparison.speedup * 1.04,
+                y,
+                f"{comparison.speedup:.2f}x",
+                va="center",
+                fontsize=8,
+                zorder=4,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
+            )
+            if comparison.goal is not None:
+                axis.plot(
+                    [comparison.goal] * 2, [y - bar / 2, y + bar / 2], color="black", linewidth=2.5
+                )
+    axis.set_yticks(range(len(peers)), peers, fontsize=9)
+    axis.set_ylim(len(peers) - 0.5, -0.5)
+    axis.set_title(scenario, loc="left", fontsize=10, fontweight="bold")
+    axis.axvline(1.0, color="grey", linewidth=1, linestyle="--")
+    axis.grid(axis="x", which="major", alpha=0.3)
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -449,7 +455,7 @@ def _server() -> str:
         return f"none found ({error})"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="few short runs: a smoke test (needs --output-dir)"
@@ -465,29 +471,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
-    if options.child:
-        run_in_child(options.child, options.quick, options.result_file)
-        return 0
-    if options.quick and options.output_dir is None:
+    if options.quick and options.output_dir is None and not options.child:
         parser.error("--quick figures do not belong in docs/: give --output-dir")
-    output = options.output_dir or ROOT / "docs"
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join(["python", "benchmarks/report.py", *arguments])
+    return options
 
-    started_at = datetime.datetime.now(datetime.UTC)
-    started = time.perf_counter()
-    machine = tuple(describe(LIBRARIES))
-    benchmarks = discover(options.only)
+
+def run_all(benchmarks: Sequence[Benchmark], quick: bool) -> list[Outcome]:
+    """Every benchmark in turn, each in a process of its own."""
     outcomes = []
     for number, benchmark in enumerate(benchmarks, 1):
         print(f"\n=== [{number}/{len(benchmarks)}] {benchmark.script}", flush=True)
-        outcome = run_benchmark(benchmark, options.quick)
+        outcome = run_benchmark(benchmark, quick)
         if outcome.error:
             print(f"=== {benchmark.script} did not run: {outcome.error}", file=sys.stderr)
         else:
             print(f"=== {benchmark.script}: {outcome.seconds:.0f} s", flush=True)
         outcomes.append(outcome)
         gc.collect()
+    return outcomes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _options(argv)
+    if options.child:
+        run_in_child(options.child, options.quick, options.result_file)
+        return 0
+    output = options.output_dir or ROOT / "docs"
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    started_at = datetime.datetime.now(datetime.UTC)
+    started = time.perf_counter()
+    machine = tuple(describe(LIBRARIES))
+    outcomes = run_all(discover(options.only), options.quick)
     seconds = time.perf_counter() - started
 
     comparisons = [c for o in outcomes if o.report for c in o.report.comparisons]
@@ -502,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(
         outcomes=tuple(outcomes),
         quick=options.quick,
-        command=command,
+        command=shlex.join(["python", "benchmarks/report.py", *arguments]),
         started=started_at,
         seconds=seconds,
         machine=machine,
