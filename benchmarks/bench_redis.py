@@ -267,7 +267,7 @@ CONTENDERS: tuple[Contender[Workload, Getter], ...] = (
         kinds=(CONCURRENT,),
         foreign=True,
     ),
-    Contender(COREDIS, start_coredis, "trio target peer; default pool (64)", BOTH, True),
+    Contender(COREDIS, start_coredis, "trio target peer; default pool (64)", BOTH, foreign=True),
     Contender(THREADS, start_threads, "info: DESIGN §3 option", kinds=(SEQUENTIAL,)),
     Contender(
         FLOOR, start_floor, "floor: bare socket, one connection", kinds=(SEQUENTIAL,), foreign=True
@@ -307,6 +307,43 @@ async def time_concurrent(
         start = time.perf_counter_ns()
         go.set()
     return time.perf_counter_ns() - start
+
+
+async def measure_backend(
+    backend: str, workload: Workload, runs: int, batch: int, per_task: int
+) -> list[Samples]:
+    sequential_keys = [workload.keys[i % len(workload.keys)] for i in range(batch)]
+    groups = [workload.keys[j * per_task : (j + 1) * per_task] for j in range(workload.tasks)]
+    gets = workload.tasks * per_task
+
+    async def read_one(name: str, get: Getter) -> None:
+        await get(workload.keys[0])
+
+    async def gets_per_second(get: Getter) -> float:
+        return gets / (await time_concurrent(get, groups) / 1e9)
+
+    async with AsyncExitStack() as outer:
+        measured, running = await start_contenders(
+            CONTENDERS, workload, outer, backend, read_one, throughput=(CONCURRENT,)
+        )
+        sequential, concurrent = running.get(SEQUENTIAL, []), running.get(CONCURRENT, [])
+        # Warm-up, untimed: one batch each, every value checked (the concurrent round
+        # reads every key once; it also opens the pools' connections).
+        for samples, get in sequential:
+            found = {key: await get(key) for key in sequential_keys}
+            check_values(samples.name, found, workload.values)
+        for samples, get in concurrent:
+            found = {}
+            await time_concurrent(get, groups, found)
+            if len(found) != gets:
+                raise RuntimeError(f"{samples.name} read {len(found)} keys, not {gets}")
+            check_values(samples.name, found, workload.values)
+        one_batch = [(s.values, partial(mean_ns, get, sequential_keys)) for s, get in sequential]
+        one_round = [(s.values, partial(gets_per_second, get)) for s, get in concurrent]
+        for run in range(runs):
+            await take_turns(run, one_batch)
+            await take_turns(run, one_round)
+    return measured
 
 
 # -- the server and the data ------------------------------------------------------------
@@ -363,43 +400,6 @@ def _redis_py_parser() -> str:
     if utils.HIREDIS_AVAILABLE:
         return f"{parser}: hiredis {version('hiredis')} is used"
     return f"{parser}: hiredis is NOT used (not importable)"
-
-
-async def measure_backend(
-    backend: str, workload: Workload, runs: int, batch: int, per_task: int
-) -> list[Samples]:
-    sequential_keys = [workload.keys[i % len(workload.keys)] for i in range(batch)]
-    groups = [workload.keys[j * per_task : (j + 1) * per_task] for j in range(workload.tasks)]
-    gets = workload.tasks * per_task
-
-    async def read_one(name: str, get: Getter) -> None:
-        await get(workload.keys[0])
-
-    async def gets_per_second(get: Getter) -> float:
-        return gets / (await time_concurrent(get, groups) / 1e9)
-
-    async with AsyncExitStack() as outer:
-        measured, running = await start_contenders(
-            CONTENDERS, workload, outer, backend, read_one, throughput=(CONCURRENT,)
-        )
-        sequential, concurrent = running.get(SEQUENTIAL, []), running.get(CONCURRENT, [])
-        # Warm-up, untimed: one batch each, every value checked (the concurrent round
-        # reads every key once; it also opens the pools' connections).
-        for samples, get in sequential:
-            found = {key: await get(key) for key in sequential_keys}
-            check_values(samples.name, found, workload.values)
-        for samples, get in concurrent:
-            found = {}
-            await time_concurrent(get, groups, found)
-            if len(found) != gets:
-                raise RuntimeError(f"{samples.name} read {len(found)} keys, not {gets}")
-            check_values(samples.name, found, workload.values)
-        one_batch = [(s.values, partial(mean_ns, get, sequential_keys)) for s, get in sequential]
-        one_round = [(s.values, partial(gets_per_second, get)) for s, get in concurrent]
-        for run in range(runs):
-            await take_turns(run, one_batch)
-            await take_turns(run, one_round)
-    return measured
 
 
 # -- reporting ----------------------------------------------------------------------------
