@@ -7,7 +7,7 @@ A benchmark module exposes::
     def run(quick: bool = False) -> Report: ...
 
 ``run`` measures (starting whatever servers it needs and stopping them again), prints
-what the script prints when run on its own, and returns the same results as data:
+its tables through ``_harness.measure_and_print``, and returns the same results as data:
 titled :class:`Table` s, one :class:`Verdict` per DESIGN §5 target it checks (computed
 from the measurements), and :class:`Comparison` s (layercache against one peer, as a
 speed-up) for the chart. ``quick=True`` is a smoke test: few, short runs, seconds in all.
@@ -15,14 +15,10 @@ speed-up) for the chart. ``quick=True`` is a smoke test: few, short runs, second
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, TextIO
+from typing import Literal
 
 Status = Literal["PASS", "FAIL", "n/a", "info"]
 
@@ -61,9 +57,7 @@ TARGETS = (
     ),
     Target("stampede-process", "stampede", "1 000 concurrent callers → 1 fetch"),
     Target(
-        "stampede-processes",
-        "stampede",
-        "4 processes x 100 callers with the coordinator → 1 fetch",
+        "stampede-processes", "stampede", "4 processes x 100 callers with the coordinator → 1 fetch"
     ),
     Target(
         "invalidation",
@@ -158,56 +152,10 @@ class Report:
     @classmethod
     def from_json(cls, text: str) -> Report:
         data = json.loads(text)
-        return cls(
-            title=data["title"],
-            tables=tuple(
-                Table(
-                    table["title"],
-                    tuple(table["columns"]),
-                    tuple(tuple(row) for row in table["rows"]),
-                    table["note"],
-                )
-                for table in data["tables"]
-            ),
-            verdicts=tuple(Verdict(**verdict) for verdict in data["verdicts"]),
-            comparisons=tuple(Comparison(**comparison) for comparison in data["comparisons"]),
-            settings=data["settings"],
-            output=data["output"],
-            description=data["description"],
+        tables = tuple(
+            Table(t["title"], tuple(t["columns"]), tuple(map(tuple, t["rows"])), t["note"])
+            for t in data.pop("tables")
         )
-
-
-def ratio(numerator: float, denominator: float) -> str:
-    return f"{numerator / denominator:.2f}x"
-
-
-class _Tee(io.StringIO):
-    """Keeps what is written, and passes it on to ``echo``."""
-
-    def __init__(self, echo: TextIO) -> None:
-        super().__init__()
-        self.echo = echo
-
-    def write(self, text: str) -> int:
-        self.echo.write(text)
-        return super().write(text)
-
-    def flush(self) -> None:
-        self.echo.flush()
-
-
-@dataclass
-class Captured:
-    text: str = ""
-
-
-@contextlib.contextmanager
-def capture_stdout() -> Iterator[Captured]:
-    """Print as usual, and keep a copy: ``Captured.text`` is set when the block ends."""
-    tee = _Tee(sys.stdout)
-    captured = Captured()
-    try:
-        with contextlib.redirect_stdout(tee):
-            yield captured
-    finally:
-        captured.text = tee.getvalue()
+        verdicts = tuple(Verdict(**verdict) for verdict in data.pop("verdicts"))
+        comparisons = tuple(Comparison(**comparison) for comparison in data.pop("comparisons"))
+        return cls(tables=tables, verdicts=verdicts, comparisons=comparisons, **data)

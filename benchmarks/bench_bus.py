@@ -25,33 +25,51 @@ Usage: python benchmarks/bench_bus.py [--rounds 400] [--runs 7]
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 import anyio.to_thread
 from _bus_peer import Subscriber, layers, stamp_invalidations
-from _machine import cpu_model, source_revision, version
-from _results import Comparison, Report, Table, Verdict, capture_stdout
+from _harness import (
+    BACKENDS,
+    Contender,
+    Samples,
+    command_line,
+    measure_and_print,
+    print_machine,
+    redis_server,
+    take_turns,
+)
+from _results import Comparison, Report, Table, Verdict
 
 from layercache import CacheStack, RedisInvalidationBus
 from layercache._backend import running_library
 from layercache._redis._address import parse_redis_url
 from layercache._redis._connection import Command, Connection, pack
-from layercache.testing import RedisServer
 
 PEER = Path(__file__).resolve().parent / "_bus_peer.py"
+LIBRARIES = ("layercache", "anyio", "trio")
 Round = Callable[[int], Awaitable[float]]
 """One round; returns the delivery time in seconds."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """What every contender gets: the server, and whether B runs in a process of its own."""
+
+    url: str
+    processes: bool
 
 
 class _Receiver(Protocol):
@@ -118,12 +136,13 @@ async def _peer(stack: AsyncExitStack, url: str, channel: str, mode: str, prefix
     return peer
 
 
-async def _raw(stack: AsyncExitStack, url: str, work: str, processes: bool) -> Round:
+async def _raw(work: str, stack: AsyncExitStack, where: Where) -> Round:
     """A bare PUBLISH; with ``work`` "batch", a bare SET sent with it; with "then", a
     bare SET round trip before it."""
+    url = where.url
     channel = f"bench-raw:{uuid.uuid4().hex}"
     receiver: _Receiver
-    if processes:
+    if where.processes:
         receiver = await _peer(stack, url, channel, "raw", "")
     else:
         subscriber = await Subscriber.open(url, channel)
@@ -149,12 +168,13 @@ async def _raw(stack: AsyncExitStack, url: str, work: str, processes: bool) -> R
     return one
 
 
-async def _stacks(stack: AsyncExitStack, url: str, with_redis: bool, processes: bool) -> Round:
+async def _stacks(with_redis: bool, stack: AsyncExitStack, where: Where) -> Round:
     """``a.set(k)`` on A until B has dropped k."""
+    url = where.url
     prefix = f"bench-bus:{uuid.uuid4().hex[:8]}:"
     channel = f"{prefix}invalidation"
     receiver: _Receiver
-    if processes:
+    if where.processes:
         mode = "stack+redis" if with_redis else "stack"
         receiver = await _peer(stack, url, channel, mode, prefix)
     else:
@@ -173,41 +193,16 @@ async def _stacks(stack: AsyncExitStack, url: str, with_redis: bool, processes: 
     return one
 
 
-async def _measure(
-    url: str, rounds: int, runs: int, processes: bool
-) -> list[dict[str, dict[str, float]]]:
-    """Each run's median delivery (seconds) per pair and contender: each pair of
-    :data:`PAIRS` has its own rounds, the two taking turns, so neither is measured
-    beside work that is not the pair's."""
-    async with AsyncExitStack() as stack:
-        contenders = {
-            RAW: await _raw(stack, url, "publish", processes),
-            "memory + bus": await _stacks(stack, url, False, processes),
-            RAW_BATCH: await _raw(stack, url, "batch", processes),
-            "memory + redis + bus": await _stacks(stack, url, True, processes),
-            RAW_THEN: await _raw(stack, url, "then", processes),
-        }
-        for one in contenders.values():
-            for n in range(20):
-                await one(n)
-        results = []
-        for run in range(runs):
-            measured: dict[str, dict[str, float]] = {}
-            for name, peer in PAIRS.items():
-                pair = (name, peer) if run % 2 else (peer, name)
-                times: dict[str, list[float]] = {name: [], peer: []}
-                for n in range(rounds):
-                    for contender in pair if n % 2 else pair[::-1]:
-                        times[contender].append(await contenders[contender](n))
-                measured[name] = {who: statistics.median(values) for who, values in times.items()}
-            results.append(measured)
-    return results
-
-
 RAW = "raw PUBLISH"
 RAW_BATCH = "raw SET + PUBLISH, one batch"
 RAW_THEN = "raw SET, then PUBLISH"
-CONTENDERS = (RAW, "memory + bus", RAW_BATCH, "memory + redis + bus", RAW_THEN)
+CONTENDERS: tuple[Contender[Where, Round], ...] = (
+    Contender(RAW, partial(_raw, "publish")),
+    Contender("memory + bus", partial(_stacks, False)),
+    Contender(RAW_BATCH, partial(_raw, "batch")),
+    Contender("memory + redis + bus", partial(_stacks, True)),
+    Contender(RAW_THEN, partial(_raw, "then")),
+)
 STACKS = {"memory + bus": RAW, "memory + redis + bus": RAW_BATCH}
 """Each stack shape and the raw contender doing the same Redis work (its target's peer)."""
 PAIRS = {**STACKS, RAW_THEN: RAW_BATCH}
@@ -218,10 +213,15 @@ TITLE = "Cross-instance invalidation"
 
 
 class Result:
-    """One backend's runs: medians over the runs, and each ratio's range."""
+    """One backend's runs: per pair of :data:`PAIRS`, each run's median delivery (seconds)
+    of the contender and of its peer, measured in turns."""
 
-    def __init__(self, runs: list[dict[str, dict[str, float]]]) -> None:
-        self.runs = runs
+    def __init__(self, backend: str) -> None:
+        self.samples = {
+            (pair, who): Samples(who, backend)
+            for pair, peer in PAIRS.items()
+            for who in (pair, peer)
+        }
 
     @staticmethod
     def _pair(name: str) -> str:
@@ -231,12 +231,13 @@ class Result:
         return next(stack for stack, peer in STACKS.items() if peer == name)
 
     def seconds(self, name: str) -> float:
-        pair = self._pair(name)
-        return statistics.median(run[pair][name] for run in self.runs)
+        """The median over the runs."""
+        return self.samples[self._pair(name), name].median
 
     def ratios(self, name: str, peer: str) -> list[float]:
         pair = self._pair(name)
-        return [run[pair][name] / run[pair][peer] for run in self.runs]
+        ours, theirs = self.samples[pair, name].values, self.samples[pair, peer].values
+        return [a / b for a, b in zip(ours, theirs, strict=True)]
 
     def ratio(self, name: str, peer: str) -> float:
         """The median over the runs of the run's ratio (both from the same rounds)."""
@@ -247,6 +248,26 @@ class Result:
         return f"{min(ratios):.2f}-{max(ratios):.2f}x"
 
 
+async def _measure(where: Where, rounds: int, runs: int, backend: str) -> Result:
+    """Each pair of :data:`PAIRS` has its own rounds, the two taking turns, so neither is
+    measured beside work that is not the pair's."""
+    result = Result(backend)
+    async with AsyncExitStack() as stack:
+        contenders = {c.name: await c.setup(stack, where) for c in CONTENDERS}
+        for one in contenders.values():
+            for n in range(20):
+                await one(n)
+        for run in range(runs):
+            for name, peer in PAIRS.items():
+                times: dict[str, list[float]] = {name: [], peer: []}
+                for n in range(rounds):
+                    timed = [(times[who], partial(contenders[who], n)) for who in (name, peer)]
+                    await take_turns(run + n, timed, settle=False)
+                for who, values in times.items():
+                    result.samples[name, who].values.append(statistics.median(values))
+    return result
+
+
 Results = dict[str, Result]
 """Backend -> its runs."""
 SETUPS = {
@@ -255,7 +276,7 @@ SETUPS = {
 }
 
 
-def targets(results: Mapping[str, Result], setup: str) -> list[Verdict]:
+def targets(results: Results, setup: str) -> list[Verdict]:
     """One verdict per stack shape and backend: delivery <= 1.5x its raw counterpart.
     Checked on two processes (instances are separate processes); the one-process
     figures are shown beside them, as information."""
@@ -277,79 +298,48 @@ def targets(results: Mapping[str, Result], setup: str) -> list[Verdict]:
     return verdicts
 
 
-def measure_and_print(rounds: int, runs: int) -> dict[str, Results]:
-    """Both setups and both backends, printed as the script prints them."""
-    logging.getLogger("layercache").setLevel(logging.ERROR)
-    print(
-        f"CPU {cpu_model()}; anyio {version('anyio')}, trio {version('trio')}; "
-        f"layercache git {source_revision()}"
+def table(results: Results, setup: str, rounds: int, runs: int) -> Table:
+    columns = ["contender", "ratio to"]
+    for backend in results:
+        columns += [f"{backend} us", f"{backend} ratio", f"{backend} runs"]
+    rows = []
+    for contender in CONTENDERS:
+        name, peer = contender.name, PEERS[contender.name]
+        row = [name, "" if peer == name else peer]
+        for result in results.values():
+            row += [
+                f"{result.seconds(name) * 1e6:.1f}",
+                f"{result.ratio(name, peer):.2f}x",
+                result.spread(name, peer),
+            ]
+        rows.append(tuple(row))
+    return Table(
+        f"Invalidation delivery, {setup} ({SETUPS[setup]}): median of {runs} runs "
+        f"of {rounds} rounds of each contender beside its peer, in turns",
+        tuple(columns),
+        tuple(rows),
+        "us: from the start of `await a.set(k, v)` until B's memory layer has "
+        "dropped k; *raw*: from a bare PUBLISH until a bare subscriber has it (*raw "
+        "SET + PUBLISH, one batch*: both commands in one write, the Redis work a set "
+        "on a stack with a Redis layer does; *raw SET, then PUBLISH*: the SET's "
+        "round trip first). ratio: the row's time ÷ the *ratio to* row's, in the "
+        "same run, median over the runs; runs: the lowest and highest run's ratio. "
+        "DESIGN §5 asks for at most 1.50x (checked on two processes).",
     )
+
+
+def measure(rounds: int, runs: int) -> Report:
+    """Both setups and both backends, as a report."""
+    logging.getLogger("layercache").setLevel(logging.ERROR)
     measured: dict[str, Results] = {}
-    with RedisServer() as server:
-        print(f"{server.binary.product} {server.binary.version}, private, loopback")
-        print(f"median of {runs} runs of {rounds} rounds for each contender and its peer, in turns")
-        for setup, what in SETUPS.items():
-            print(f"\n{setup}: {what}")
-            print(f"{'backend':8} {'contender':29} {'µs':>8} {'vs':>6}  {'runs':>11}  vs")
-            results: Results = {}
-            for backend in ("asyncio", "trio"):
-                runs_measured = anyio.run(
-                    _measure, server.url, rounds, runs, setup == "two processes", backend=backend
-                )
-                result = results[backend] = Result(runs_measured)
-                for name in CONTENDERS:
-                    peer = PEERS[name]
-                    print(
-                        f"{backend:8} {name:29} {result.seconds(name) * 1e6:8.1f} "
-                        f"{result.ratio(name, peer):5.2f}x  {result.spread(name, peer):>11}  "
-                        f"{'-' if peer == name else peer}"
-                    )
-            measured[setup] = results
-    print("\nDESIGN §5: cross-instance invalidation delivery <= 1.5x raw PUBLISH->subscriber")
-    for setup, results in measured.items():
-        for verdict in targets(results, setup):
-            print("  " + verdict.line)
-    return measured
-
-
-def run(quick: bool = False) -> Report:
-    """The report's entry point (see benchmarks/_results.py)."""
-    rounds, runs = (30, 2) if quick else (400, 7)
-    with capture_stdout() as printed:
-        measured = measure_and_print(rounds, runs)
-    tables = []
-    for setup, results in measured.items():
-        backends = tuple(results)
-        columns = ["contender", "ratio to"]
-        for backend in backends:
-            columns += [f"{backend} us", f"{backend} ratio", f"{backend} runs"]
-        rows = []
-        for name in CONTENDERS:
-            peer = PEERS[name]
-            row = [name, "" if peer == name else peer]
-            for backend in backends:
-                result = results[backend]
-                row += [
-                    f"{result.seconds(name) * 1e6:.1f}",
-                    f"{result.ratio(name, peer):.2f}x",
-                    result.spread(name, peer),
-                ]
-            rows.append(tuple(row))
-        tables.append(
-            Table(
-                f"Invalidation delivery, {setup} ({SETUPS[setup]}): median of {runs} runs "
-                f"of {rounds} rounds of each contender beside its peer, in turns",
-                tuple(columns),
-                tuple(rows),
-                "us: from the start of `await a.set(k, v)` until B's memory layer has "
-                "dropped k; *raw*: from a bare PUBLISH until a bare subscriber has it (*raw "
-                "SET + PUBLISH, one batch*: both commands in one write, the Redis work a set "
-                "on a stack with a Redis layer does; *raw SET, then PUBLISH*: the SET's "
-                "round trip first). ratio: the row's time ÷ the *ratio to* row's, in the "
-                "same run, median over the runs; runs: the lowest and highest run's ratio. "
-                "DESIGN §5 asks for at most 1.50x (checked on two processes).",
-            )
-        )
+    with redis_server() as server:
+        print_machine(LIBRARIES, ("server", server.where))
+        for setup in SETUPS:
+            where = Where(server.url, setup == "two processes")
+            measured[setup] = {
+                backend: anyio.run(_measure, where, rounds, runs, backend, backend=backend)
+                for backend in BACKENDS
+            }
     separate = measured["two processes"]
     comparisons = tuple(
         Comparison(
@@ -362,23 +352,27 @@ def run(quick: bool = False) -> Report:
         for name, peer in STACKS.items()
         for backend in separate
     )
-    verdicts = [v for setup, results in measured.items() for v in targets(results, setup)]
     return Report(
         title=TITLE,
-        tables=tuple(tables),
-        verdicts=tuple(verdicts),
+        tables=tuple(table(results, setup, rounds, runs) for setup, results in measured.items()),
+        verdicts=tuple(v for setup, results in measured.items() for v in targets(results, setup)),
         comparisons=comparisons,
         settings=f"{runs} runs of {rounds} rounds per contender and peer, in turns",
-        output=printed.text,
     )
 
 
+def run(quick: bool = False) -> Report:
+    """The report's entry point (see benchmarks/_results.py)."""
+    rounds, runs = (30, 2) if quick else (400, 7)
+    return measure_and_print(partial(measure, rounds, runs))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = command_line(__doc__)
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    measure_and_print(args.rounds, args.runs)
+    measure_and_print(partial(measure, args.rounds, args.runs))
 
 
 if __name__ == "__main__":

@@ -18,15 +18,16 @@ Usage: python benchmarks/bench_faults.py [--latency 0.5] [--calls 5]
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import anyio
-from _results import Report, Table, capture_stdout
+from _harness import BACKENDS, command_line, measure_and_print, print_machine, redis_server
+from _results import Report, Table
 
 from layercache import (
     CacheStack,
@@ -35,13 +36,14 @@ from layercache import (
     MemoryLayer,
     RedisLayer,
 )
-from layercache.testing import FaultProxy, RedisServer
+from layercache.testing import FaultProxy
 
-Row = tuple[str, str, float, str, float, str]
+LIBRARIES = ("layercache", "anyio", "trio")
+Outcome = tuple[float, float, str]
+"""The first call's seconds, the median of the others, and what they returned."""
 
 
-async def _time(calls: int, call: Callable[[int], Awaitable[str]]) -> tuple[float, float, str]:
-    """The first call's seconds, the median of the others, and what they returned."""
+async def _time(calls: int, call: Callable[[int], Awaitable[str]]) -> Outcome:
     times: list[float] = []
     outcomes: set[str] = set()
     for n in range(calls):
@@ -56,12 +58,12 @@ async def _time(calls: int, call: Callable[[int], Awaitable[str]]) -> tuple[floa
 
 async def _scenarios(
     url: str, proxy: FaultProxy, latency: float, limit: float, calls: int, graceful: bool
-) -> dict[str, tuple[float, float, str]]:
+) -> dict[str, Outcome]:
     prefix = f"bench-faults:{uuid.uuid4().hex[:8]}:"
     memory = MemoryLayer()
     layer = RedisLayer(url=url, prefix=prefix, timeout=limit)
     options = {"graceful_degradation": GracefulDegradation(retry_after=30)} if graceful else {}
-    results: dict[str, tuple[float, float, str]] = {}
+    results: dict[str, Outcome] = {}
 
     async def fetch() -> str:
         return "fetched"
@@ -97,27 +99,43 @@ def _format(seconds: float) -> str:
 
 MODES = ("strict", "graceful")
 TITLE = "A slow Redis: strict vs graceful degradation"
-Results = dict[tuple[str, float], dict[str, dict[str, tuple[float, float, str]]]]
-"""(backend, timeout) -> mode -> scenario -> (first call, median of the others, outcomes)."""
+Results = dict[tuple[str, float], dict[str, dict[str, Outcome]]]
+"""(backend, timeout) -> mode -> scenario -> outcome."""
 
 
-def measure_and_print(latency: float, calls: int) -> Results:
-    """Both backends, both timeouts, both modes, printed as the script prints them."""
+def table(results: Results, latency: float, calls: int) -> Table:
+    rows = []
+    for (backend, limit), run in results.items():
+        for scenario in run["strict"]:
+            row = [backend, f"{limit:g} s", scenario]
+            for mode in MODES:
+                first, rest, outcome = run[mode][scenario]
+                row += [_format(first), _format(rest), outcome]
+            rows.append(tuple(row))
+    columns: tuple[str, ...] = ("backend", "Redis timeout", "scenario")
+    for mode in MODES:
+        columns += (f"{mode}: first call", f"{mode}: then (median)", f"{mode}: outcome")
+    return Table(
+        f"Calls through a proxy adding {latency * 1000:.0f} ms to each Redis round trip: "
+        f"the first call, then the median of the next {calls - 1}",
+        columns,
+        tuple(rows),
+        "graceful: `GracefulDegradation(retry_after=30)`; outcome: what the calls returned "
+        "(`fetched` = the fetcher's value, `memory`/`redis` = the layer's).",
+    )
+
+
+def measure(latency: float, calls: int) -> Report:
+    """Both backends, both timeouts, both modes, as a report."""
     logging.getLogger("layercache").setLevel(logging.CRITICAL)  # state changes are expected
     results: Results = {}
-    with RedisServer() as server:
+    with redis_server() as server:
         assert server.port is not None
+        print_machine(LIBRARIES, ("server", server.where))
         with FaultProxy("127.0.0.1", server.port) as proxy:
-            print(
-                f"{server.binary.product} {server.binary.version} behind a proxy adding "
-                f"{latency * 1000:.0f} ms to each round trip; per mode: the first call, "
-                f"then the median of the next {calls - 1}\n"
-            )
-            columns = ("backend", "timeout", "scenario", "strict", "graceful")
-            print(f"{columns[0]:8} {columns[1]:>7} {columns[2]:12} {columns[3]:45} {columns[4]}")
-            for backend in ("asyncio", "trio"):
+            for backend in BACKENDS:
                 for limit in (1.0, round(latency * 0.4, 3)):
-                    run = {
+                    results[backend, limit] = {
                         mode: anyio.run(
                             _scenarios,
                             proxy.url,
@@ -130,54 +148,25 @@ def measure_and_print(latency: float, calls: int) -> Results:
                         )
                         for mode in MODES
                     }
-                    results[backend, limit] = run
-                    for scenario in run["strict"]:
-                        cells = []
-                        for mode in MODES:
-                            first, rest, outcome = run[mode][scenario]
-                            cells.append(f"{_format(first):>8} then {_format(rest):>8}  {outcome}")
-                        print(f"{backend:8} {limit:>6.2f}s {scenario:12} {cells[0]:45} {cells[1]}")
-    return results
+    return Report(
+        title=TITLE,
+        tables=(table(results, latency, calls),),
+        settings=f"{latency * 1000:.0f} ms added latency, {calls} calls per scenario",
+    )
 
 
 def run(quick: bool = False) -> Report:
     """The report's entry point (see benchmarks/_results.py)."""
     latency, calls = (0.05, 3) if quick else (0.5, 6)
-    with capture_stdout() as printed:
-        results = measure_and_print(latency, calls)
-    rows = []
-    for (backend, limit), run in results.items():
-        for scenario in run["strict"]:
-            row = [backend, f"{limit:g} s", scenario]
-            for mode in MODES:
-                first, rest, outcome = run[mode][scenario]
-                row += [_format(first), _format(rest), outcome]
-            rows.append(tuple(row))
-    columns: tuple[str, ...] = ("backend", "Redis timeout", "scenario")
-    for mode in MODES:
-        columns += (f"{mode}: first call", f"{mode}: then (median)", f"{mode}: outcome")
-    table = Table(
-        f"Calls through a proxy adding {latency * 1000:.0f} ms to each Redis round trip: "
-        f"the first call, then the median of the next {calls - 1}",
-        columns,
-        tuple(rows),
-        "graceful: `GracefulDegradation(retry_after=30)`; outcome: what the calls returned "
-        "(`fetched` = the fetcher's value, `memory`/`redis` = the layer's).",
-    )
-    return Report(
-        title=TITLE,
-        tables=(table,),
-        settings=f"{latency * 1000:.0f} ms added latency, {calls} calls per scenario",
-        output=printed.text,
-    )
+    return measure_and_print(partial(measure, latency, calls))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = command_line(__doc__)
     parser.add_argument("--latency", type=float, default=0.5, help="added round trip (s)")
     parser.add_argument("--calls", type=int, default=6)
     args = parser.parse_args()
-    measure_and_print(args.latency, args.calls)
+    measure_and_print(partial(measure, args.latency, args.calls))
 
 
 if __name__ == "__main__":

@@ -33,51 +33,61 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import gc
 import importlib
-import importlib.metadata
 import json
-import statistics
 import time
 import urllib.parse
-import warnings
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 import hiredis
-from _machine import describe, load_average, version
-from _results import Comparison, Report, Table, Verdict, capture_stdout
+from _harness import (
+    BACKENDS,
+    LAYERCACHE,
+    Contender,
+    Samples,
+    check_values,
+    command_line,
+    find,
+    mean_ns,
+    measure_and_print,
+    peers_that_ran,
+    print_machine,
+    redis_server,
+    side_by_side,
+    start_contenders,
+    take_turns,
+)
+from _machine import version
+from _results import Comparison, Report, Table, Verdict
 from anyio.abc import ByteStream
 
 from layercache import CacheStack, RedisLayer
 
-BACKENDS = ("asyncio", "trio")
 LAYERCACHE_PREFIX = "bench:"
 RAW_PREFIX = "bench-raw:"
 """Where the peers' values live: outside layercache's prefix, so nothing collides."""
 
-LAYERCACHE = "layercache CacheStack.get"
 LAYER_DIRECT = "layercache RedisLayer.get_many"
 REDIS_PY = "redis.asyncio GET + loads"
 REDIS_PY_BLOCKING = "redis.asyncio GET + loads, blocking pool"
 COREDIS = "coredis GET + loads"
 THREADS = "redis-py (sync) GET in to_thread + loads"
 FLOOR = "anyio stream + hiredis GET + loads"
+LIBRARIES = ("layercache", "anyio", "trio", "redis", "hiredis", "coredis", "orjson")
 
 SEQUENTIAL = "sequential"
 CONCURRENT = "concurrent"
+BOTH = (SEQUENTIAL, CONCURRENT)
 
 Getter = Callable[[str], Awaitable[object]]
 """One contender's lookup: ``await get(key)`` returns the decoded value stored for ``key``."""
 Loads = Callable[[bytes], Any]
-T = TypeVar("T")
 
 
 def _json_library() -> tuple[str, Loads, Callable[[object], bytes]]:
@@ -97,7 +107,7 @@ JSON_NAME, LOADS, DUMPS = _json_library()
 
 
 @dataclass(frozen=True)
-class Setup:
+class Workload:
     """What every contender gets: the server, the keys and the values behind them."""
 
     url: str
@@ -121,25 +131,25 @@ def _item(i: int) -> dict[str, object]:
 # -- the contenders ----------------------------------------------------------------------
 
 
-async def _layercache_stack(stack: AsyncExitStack, setup: Setup) -> CacheStack:
-    cache = CacheStack([RedisLayer(url=setup.url, prefix=LAYERCACHE_PREFIX)])
+async def _layercache_stack(stack: AsyncExitStack, workload: Workload) -> CacheStack:
+    cache = CacheStack([RedisLayer(url=workload.url, prefix=LAYERCACHE_PREFIX)])
     await stack.enter_async_context(cache)
-    items = list(setup.values.items())
+    items = list(workload.values.items())
     for start in range(0, len(items), 1_000):
         await cache.set_many(dict(items[start : start + 1_000]))
     return cache
 
 
-async def start_layercache(stack: AsyncExitStack, setup: Setup) -> Getter:
-    cache = await _layercache_stack(stack, setup)
+async def start_layercache(stack: AsyncExitStack, workload: Workload) -> Getter:
+    cache = await _layercache_stack(stack, workload)
     get: Getter = cache.get
     return get
 
 
-async def start_layer_direct(stack: AsyncExitStack, setup: Setup) -> Getter:
+async def start_layer_direct(stack: AsyncExitStack, workload: Workload) -> Getter:
     # The layer's own read, as the stack's load calls it: what the stack adds on top of
     # the layer (argument checks, the coordinator, its load task) is left out.
-    cache = await _layercache_stack(stack, setup)
+    cache = await _layercache_stack(stack, workload)
     (layer,) = cache.layers
 
     async def get(key: str) -> object:
@@ -156,35 +166,35 @@ def _raw_getter(client: Any) -> Getter:
     return get
 
 
-async def start_redis_py(stack: AsyncExitStack, setup: Setup) -> Getter:
+async def start_redis_py(stack: AsyncExitStack, workload: Workload) -> Getter:
     # redis-py ships its own asyncio package; it is used as Any so the contenders read alike.
     redis_asyncio: Any = importlib.import_module("redis.asyncio")
     # One connection per task: redis-py's default pool stops at 100 and then raises
     # MaxConnectionsError instead of waiting.
-    client = redis_asyncio.Redis.from_url(setup.url, max_connections=setup.tasks)
+    client = redis_asyncio.Redis.from_url(workload.url, max_connections=workload.tasks)
     stack.push_async_callback(client.aclose)
     return _raw_getter(client)
 
 
-async def start_redis_py_blocking(stack: AsyncExitStack, setup: Setup) -> Getter:
+async def start_redis_py_blocking(stack: AsyncExitStack, workload: Workload) -> Getter:
     redis_asyncio: Any = importlib.import_module("redis.asyncio")
-    pool = redis_asyncio.BlockingConnectionPool.from_url(setup.url)  # at most 50, then waits
+    pool = redis_asyncio.BlockingConnectionPool.from_url(workload.url)  # at most 50, then waits
     client = redis_asyncio.Redis(connection_pool=pool)
     stack.push_async_callback(pool.aclose)
     stack.push_async_callback(client.aclose)
     return _raw_getter(client)
 
 
-async def start_coredis(stack: AsyncExitStack, setup: Setup) -> Getter:
+async def start_coredis(stack: AsyncExitStack, workload: Workload) -> Getter:
     coredis: Any = importlib.import_module("coredis")
-    client = coredis.Redis.from_url(setup.url)  # default pool: up to 64 connections
+    client = coredis.Redis.from_url(workload.url)  # default pool: up to 64 connections
     await stack.enter_async_context(client)
     return _raw_getter(client)
 
 
-async def start_threads(stack: AsyncExitStack, setup: Setup) -> Getter:
+async def start_threads(stack: AsyncExitStack, workload: Workload) -> Getter:
     redis: Any = importlib.import_module("redis")
-    client = redis.Redis.from_url(setup.url)
+    client = redis.Redis.from_url(workload.url)
     stack.callback(client.close)
 
     async def get(key: str) -> object:
@@ -217,8 +227,8 @@ class _MiniClient:
         return reply
 
 
-async def start_floor(stack: AsyncExitStack, setup: Setup) -> Getter:
-    url = urllib.parse.urlsplit(setup.url)
+async def start_floor(stack: AsyncExitStack, workload: Workload) -> Getter:
+    url = urllib.parse.urlsplit(workload.url)
     if url.scheme == "unix":
         stream: ByteStream = await anyio.connect_unix(url.path)
         db = urllib.parse.parse_qs(url.query).get("db", ["0"])[0]
@@ -244,24 +254,11 @@ async def start_floor(stack: AsyncExitStack, setup: Setup) -> Getter:
     return get
 
 
-@dataclass(frozen=True)
-class Contender:
-    name: str
-    start: Callable[[AsyncExitStack, Setup], Awaitable[Getter]]
-    note: str
-    kinds: tuple[str, ...] = (SEQUENTIAL, CONCURRENT)
-    foreign: bool = False
-    """A peer that may not run on every backend: a failure to start is reported, not raised."""
-
-
-CONTENDERS = (
-    Contender(LAYERCACHE, start_layercache, "RedisLayer only (L2), url="),
-    Contender(LAYER_DIRECT, start_layer_direct, "diagnostic: the layer without the stack"),
+CONTENDERS: tuple[Contender[Workload, Getter], ...] = (
+    Contender(LAYERCACHE, start_layercache, "RedisLayer only (L2), url=", BOTH),
+    Contender(LAYER_DIRECT, start_layer_direct, "diagnostic: the layer without the stack", BOTH),
     Contender(
-        REDIS_PY,
-        start_redis_py,
-        "asyncio target peer; pool of 200 connections",
-        foreign=True,
+        REDIS_PY, start_redis_py, "asyncio target peer; pool of 200 connections", BOTH, foreign=True
     ),
     Contender(
         REDIS_PY_BLOCKING,
@@ -270,7 +267,7 @@ CONTENDERS = (
         kinds=(CONCURRENT,),
         foreign=True,
     ),
-    Contender(COREDIS, start_coredis, "trio target peer; default pool (64)", foreign=True),
+    Contender(COREDIS, start_coredis, "trio target peer; default pool (64)", BOTH, foreign=True),
     Contender(THREADS, start_threads, "info: DESIGN §3 option", kinds=(SEQUENTIAL,)),
     Contender(
         FLOOR, start_floor, "floor: bare socket, one connection", kinds=(SEQUENTIAL,), foreign=True
@@ -279,55 +276,6 @@ CONTENDERS = (
 
 
 # -- measuring ----------------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    """Samples of one contender, one kind of measurement, on one backend: nanoseconds per
-    get (sequential) or gets per second (concurrent), one per run."""
-
-    name: str
-    backend: str
-    kind: str
-    note: str
-    samples: list[float] = field(default_factory=list)
-    unsupported: str | None = None
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-
-async def _start(contender: Contender, setup: Setup, outer: AsyncExitStack) -> Getter | str:
-    """Start ``contender`` and read one key; a foreign peer that cannot run here yields
-    the error it raised instead of a getter."""
-    stack = AsyncExitStack()
-    try:
-        get = await contender.start(stack, setup)
-        await get(setup.keys[0])
-    except Exception as error:
-        if not contender.foreign:
-            raise
-        try:
-            await stack.aclose()
-        except Exception:
-            pass  # it could not start on this backend; it cannot stop on it either
-        return f"{type(error).__name__}: {error}"
-    await outer.enter_async_context(stack)
-    return get
-
-
-def _check(name: str, found: Mapping[str, object], setup: Setup) -> None:
-    wrong = [key for key, value in found.items() if value != setup.values[key]]
-    if wrong:
-        raise RuntimeError(f"{name} does not return what was stored, e.g. {wrong[0]!r}")
-
-
-async def time_sequential(get: Getter, keys: Sequence[str]) -> int:
-    start = time.perf_counter_ns()
-    for key in keys:
-        await get(key)
-    return time.perf_counter_ns() - start
 
 
 async def time_concurrent(
@@ -361,60 +309,41 @@ async def time_concurrent(
     return time.perf_counter_ns() - start
 
 
-def _rotated(items: Sequence[T], run: int) -> list[T]:
-    """``items`` starting at another one each run, so no contender always follows the same."""
-    if not items:
-        return []
-    shift = run % len(items)
-    return [*items[shift:], *items[:shift]]
+async def measure_backend(
+    backend: str, workload: Workload, runs: int, batch: int, per_task: int
+) -> list[Samples]:
+    sequential_keys = [workload.keys[i % len(workload.keys)] for i in range(batch)]
+    groups = [workload.keys[j * per_task : (j + 1) * per_task] for j in range(workload.tasks)]
+    gets = workload.tasks * per_task
 
+    async def read_one(name: str, get: Getter) -> None:
+        await get(workload.keys[0])
 
-async def measure(backend: str, setup: Setup, runs: int, batch: int, per_task: int) -> list[Result]:
-    sequential_keys = [setup.keys[i % len(setup.keys)] for i in range(batch)]
-    groups = [setup.keys[j * per_task : (j + 1) * per_task] for j in range(setup.tasks)]
-    gets = setup.tasks * per_task
-    results: list[Result] = []
-    sequential: list[tuple[Result, Getter]] = []
-    concurrent: list[tuple[Result, Getter]] = []
+    async def gets_per_second(get: Getter) -> float:
+        return gets / (await time_concurrent(get, groups) / 1e9)
+
     async with AsyncExitStack() as outer:
-        for contender in CONTENDERS:
-            with warnings.catch_warnings():
-                # A peer that fails on trio drops the coroutine it meant to schedule on
-                # asyncio; the "never awaited" warning that follows is that failure.
-                warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-                started = await _start(contender, setup, outer)
-                gc.collect()
-            for kind in contender.kinds:
-                result = Result(contender.name, backend, kind, contender.note)
-                results.append(result)
-                if isinstance(started, str):
-                    result.unsupported = started
-                elif kind == SEQUENTIAL:
-                    sequential.append((result, started))
-                else:
-                    concurrent.append((result, started))
-
+        measured, running = await start_contenders(
+            CONTENDERS, workload, outer, backend, read_one, throughput=(CONCURRENT,)
+        )
+        sequential, concurrent = running.get(SEQUENTIAL, []), running.get(CONCURRENT, [])
         # Warm-up, untimed: one batch each, every value checked (the concurrent round
         # reads every key once; it also opens the pools' connections).
-        for result, get in sequential:
-            _check(result.name, {key: await get(key) for key in sequential_keys}, setup)
-        for result, get in concurrent:
-            found: dict[str, object] = {}
+        for samples, get in sequential:
+            found = {key: await get(key) for key in sequential_keys}
+            check_values(samples.name, found, workload.values)
+        for samples, get in concurrent:
+            found = {}
             await time_concurrent(get, groups, found)
             if len(found) != gets:
-                raise RuntimeError(f"{result.name} read {len(found)} keys, not {gets}")
-            _check(result.name, found, setup)
-
+                raise RuntimeError(f"{samples.name} read {len(found)} keys, not {gets}")
+            check_values(samples.name, found, workload.values)
+        one_batch = [(s.values, partial(mean_ns, get, sequential_keys)) for s, get in sequential]
+        one_round = [(s.values, partial(gets_per_second, get)) for s, get in concurrent]
         for run in range(runs):
-            for result, get in _rotated(sequential, run):
-                gc.collect()
-                await anyio.lowlevel.checkpoint()
-                result.samples.append(await time_sequential(get, sequential_keys) / batch)
-            for result, get in _rotated(concurrent, run):
-                gc.collect()
-                await anyio.lowlevel.checkpoint()
-                result.samples.append(gets / (await time_concurrent(get, groups) / 1e9))
-    return results
+            await take_turns(run, one_batch)
+            await take_turns(run, one_round)
+    return measured
 
 
 # -- the server and the data ------------------------------------------------------------
@@ -435,48 +364,29 @@ def _server_version(url: str) -> str:
     return f"{name} {info.get('valkey_version') or info['redis_version']}"
 
 
-def write_raw(setup: Setup) -> None:
+def write_raw(workload: Workload) -> None:
     """Store the peers' copies of the values: plain JSON bytes under ``RAW_PREFIX``."""
-    client = _sync_client(setup.url)
+    client = _sync_client(workload.url)
     try:
         pipeline = client.pipeline(transaction=False)
-        for key, value in setup.values.items():
+        for key, value in workload.values.items():
             pipeline.set(RAW_PREFIX + key, DUMPS(value))
         pipeline.execute()
     finally:
         client.close()
 
 
-async def clean_up(setup: Setup) -> None:
+async def clean_up(workload: Workload) -> None:
     """Remove what the run wrote (for a server that outlives it)."""
-    async with CacheStack([RedisLayer(url=setup.url, prefix=LAYERCACHE_PREFIX)]) as cache:
+    async with CacheStack([RedisLayer(url=workload.url, prefix=LAYERCACHE_PREFIX)]) as cache:
         await cache.clear()
-    client = _sync_client(setup.url)
+    client = _sync_client(workload.url)
     try:
-        names = [RAW_PREFIX + key for key in setup.keys]
+        names = [RAW_PREFIX + key for key in workload.keys]
         for start in range(0, len(names), 1_000):
             client.delete(*names[start : start + 1_000])
     finally:
         client.close()
-
-
-@contextlib.contextmanager
-def redis_server(url: str | None) -> Iterator[tuple[str, str]]:
-    """The URL to use and a description of where the server comes from."""
-    if url is not None:
-        parts = urllib.parse.urlsplit(url)
-        where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
-        yield url, f"given with --redis-url ({where})"
-        return
-    from layercache.testing import RedisServer
-
-    with RedisServer() as server:
-        yield server.url, f"private, on loopback, started for this run: {server.binary}"
-
-
-# -- reporting ----------------------------------------------------------------------------
-
-LIBRARIES = ("layercache", "anyio", "trio", "redis", "hiredis", "coredis", "orjson")
 
 
 def _redis_py_parser() -> str:
@@ -492,133 +402,20 @@ def _redis_py_parser() -> str:
     return f"{parser}: hiredis is NOT used (not importable)"
 
 
-def print_machine(server: str, where: str) -> None:
-    print("Machine")
-    for label, value in describe(LIBRARIES):
-        if label == "load avg":
-            json_library = f"orjson {version('orjson')}" if JSON_NAME == "orjson" else JSON_NAME
-            print(
-                f"  JSON:       {json_library} (what layercache's json serializer uses; peers too)"
-            )
-            print(f"  redis-py:   parser {_redis_py_parser()}")
-            print(f"  server:     {server}, {where}")
-            # The server shares the same cores.
-            value += " (at start)"
-        print(f"  {label + ':':<12}{value}")
-    print()
+# -- reporting ----------------------------------------------------------------------------
 
 
-def _find(results: Sequence[Result], name: str, backend: str, kind: str) -> Result:
-    for result in results:
-        if (result.name, result.backend, result.kind) == (name, backend, kind):
-            return result
-    raise LookupError(name, backend, kind)
-
-
-def print_sequential(results: Sequence[Result], runs: int, batch: int) -> None:
-    _print_kind(
-        results,
-        SEQUENTIAL,
-        f"L2 hit latency, sequential: median over {runs} runs of {batch:,} awaited gets "
-        "(distinct keys, one task)",
-        ("median us/get", "min-max us", 13),
-        lambda value: value / 1e3,
-        ".1f",
-        "the row's median time / layercache's",
-    )
-
-
-def print_concurrent(results: Sequence[Result], runs: int, tasks: int, per_task: int) -> None:
-    _print_kind(
-        results,
-        CONCURRENT,
-        f"L2 hits, {tasks} concurrent tasks x {per_task} gets each (all {tasks * per_task:,} "
-        f"keys distinct): median over {runs} runs",
-        ("median gets/s", "min-max gets/s", 15),
-        lambda value: value,
-        ".0f",
-        "layercache's median gets/s / the row's",
-    )
-
-
-def _print_kind(
-    results: Sequence[Result],
-    kind: str,
-    title: str,
-    columns: tuple[str, str, int],
-    unit: Callable[[float], float],
-    decimals: str,
-    speedup: str,
-) -> None:
-    """One kind's results as the script prints them, asyncio then trio."""
-    median_label, spread_label, spread_width = columns
-    print(title)
-    header = (
-        f"  {'implementation':<42} {'backend':<8} {median_label:>13} "
-        f"{spread_label:>{spread_width}}  {'layercache speed-up':>19}  note"
-    )
-    print(header)
-    print("  " + "-" * (len(header) - 2 + 40))
-    for backend in BACKENDS:
-        reference = _find(results, LAYERCACHE, backend, kind)
-        for result in results:
-            if result.backend != backend or result.kind != kind:
-                continue
-            if result.unsupported is not None:
-                print(
-                    f"  {result.name:<42} {backend:<8} {'-':>13} {'-':>{spread_width}}  "
-                    f"{'-':>19}  does not run on {backend}: {result.unsupported}"
-                )
-                continue
-            spread = f"{unit(min(result.samples)):.0f}-{unit(max(result.samples)):.0f}"
-            print(
-                f"  {result.name:<42} {backend:<8} {unit(result.median):>13{decimals}} "
-                f"{spread:>{spread_width}}  {_speedup(result, reference):>18.2f}x  {result.note}"
-            )
-    print(f"  layercache speed-up = {speedup}, same backend and run")
-    print()
-
-
-def _speedup(result: Result, reference: Result) -> float:
-    """How many times faster layercache (``reference``) was than ``result``."""
-    if result.kind == SEQUENTIAL:
-        return result.median / reference.median
-    return reference.median / result.median
-
-
-def result_table(results: Sequence[Result], kind: str, title: str) -> Table:
+def result_table(measured: Sequence[Samples], kind: str, title: str) -> Table:
     """Each implementation of one ``kind`` once, asyncio and trio side by side."""
-    rows: list[tuple[str, ...]] = []
-    errors: dict[str, str] = {}
-    for contender in CONTENDERS:
-        if kind not in contender.kinds:
-            continue
-        row = [contender.name, contender.note]
-        for backend in BACKENDS:
-            result = _find(results, contender.name, backend, kind)
-            if result.unsupported is not None:
-                row += ["does not run", "-"]
-                errors.setdefault(backend, result.unsupported)
-                continue
-            low, high = min(result.samples), max(result.samples)
-            if kind == SEQUENTIAL:
-                figure = f"{result.median / 1e3:.1f} ({low / 1e3:.0f}-{high / 1e3:.0f})"
-            else:
-                figure = f"{result.median:,.0f} ({low:,.0f}-{high:,.0f})"
-            speedup = _speedup(result, _find(results, LAYERCACHE, backend, kind))
-            row += [figure, f"{speedup:.2f}x"]
-        rows.append(tuple(row))
-    unit = "us/get" if kind == SEQUENTIAL else "gets/s"
-    columns = ["implementation", "note"]
-    for backend in BACKENDS:
-        columns += [f"{backend} {unit} (min-max)", f"{backend} layercache speed-up"]
     if kind == SEQUENTIAL:
+        unit, figure = "us/get", partial(Samples.figure, per=1e3)
         note = (
             "us/get: the median over the runs of each batch's mean time per get, and the "
             "spread (min-max) of those batch means. Speed-up: the row's median time ÷ "
             "layercache's"
         )
     else:
+        unit, figure = "gets/s", partial(Samples.figure, median=",.0f", spread=",.0f")
         note = (
             "gets/s: the median over the runs of gets per second of wall time, and the "
             "spread (min-max). Speed-up: layercache's median gets/s ÷ the row's"
@@ -627,12 +424,11 @@ def result_table(results: Sequence[Result], kind: str, title: str) -> Table:
         ", same backend and run; below 1.00x, layercache was the slower one. The "
         "*RedisLayer.get_many* row is layercache's own layer without the stack."
     )
-    for backend, error in errors.items():
-        note += f" On {backend}, the peers that do not run raise `{error}`."
-    return Table(title, tuple(columns), tuple(rows), note)
+    columns = (f"{unit} (min-max)", "layercache speed-up")
+    return side_by_side(title, CONTENDERS, measured, kind, columns, figure, note)
 
 
-def comparisons(results: Sequence[Result], tasks: int) -> list[Comparison]:
+def comparisons(measured: Sequence[Samples], tasks: int) -> list[Comparison]:
     """layercache's speed-up over every peer that ran (its own layer left out)."""
     goals = {
         (SEQUENTIAL, "asyncio", REDIS_PY): 1.0,
@@ -640,118 +436,90 @@ def comparisons(results: Sequence[Result], tasks: int) -> list[Comparison]:
         (CONCURRENT, "asyncio", REDIS_PY): 2.0,
     }
     scenarios = {SEQUENTIAL: "L2 hit, sequential", CONCURRENT: f"L2 hits, {tasks} tasks"}
-    found: list[Comparison] = []
-    for kind, scenario in scenarios.items():
-        for backend in BACKENDS:
-            reference = _find(results, LAYERCACHE, backend, kind)
-            for result in results:
-                if (result.kind, result.backend) != (kind, backend):
-                    continue
-                if result.name in (LAYERCACHE, LAYER_DIRECT) or result.unsupported is not None:
-                    continue
-                found.append(
-                    Comparison(
-                        scenario,
-                        result.name,
-                        backend,
-                        _speedup(result, reference),
-                        goals.get((kind, backend, result.name)),
-                    )
-                )
-    return found
+    return [
+        Comparison(scenario, peer.name, backend, speedup, goals.get((kind, backend, peer.name)))
+        for kind, scenario in scenarios.items()
+        for backend in BACKENDS
+        for peer, speedup in peers_that_ran(measured, backend, kind, (LAYERCACHE, LAYER_DIRECT))
+    ]
 
 
-def targets(results: Sequence[Result], tasks: int) -> list[Verdict]:
+def _us(samples: Samples) -> str:
+    return f"{samples.median / 1e3:.1f} us"
+
+
+def _versus(
+    target: str,
+    goal: str,
+    ours: Samples,
+    peer: Samples,
+    passed: Callable[[float], bool],
+    measured: Callable[[float], str],
+) -> Verdict:
+    """``ours`` against ``peer`` by the ratio of their medians (n/a if the peer did not run)."""
+    if peer.unsupported is not None:
+        return Verdict(
+            target, "n/a", ours.backend, goal, f"the peer did not run ({peer.unsupported})"
+        )
+    factor = ours.median / peer.median
+    return Verdict.check(target, passed(factor), ours.backend, goal, measured(factor))
+
+
+def _trio_sequential(measured: Sequence[Samples]) -> Verdict:
+    """Against coredis on trio, or on asyncio where it does not run on trio."""
+    ours = find(measured, LAYERCACHE, "trio", SEQUENTIAL)
+    peer = find(measured, COREDIS, "trio", SEQUENTIAL)
+    goal, target = "L2 hit sequential median <= 0.5x a coredis GET", "l2-sequential-trio"
+    if peer.unsupported is None:
+        factor = ours.median / peer.median
+        measured_text = (
+            f"layercache {_us(ours)} vs {_us(peer)} = {factor:.2f}x (coredis + JSON decode)"
+        )
+        return Verdict.check(target, factor <= 0.5, "trio", f"{goal} on trio", measured_text)
+    fallback = find(measured, COREDIS, "asyncio", SEQUENTIAL)
+    if fallback.unsupported is not None:
+        return Verdict(target, "n/a", "trio", goal, f"coredis did not run ({peer.unsupported})")
+    factor = ours.median / fallback.median
+    measured_text = (
+        f"coredis does not run on trio ({peer.unsupported}), so against coredis "
+        f"on asyncio: layercache on trio {_us(ours)} vs {_us(fallback)} = {factor:.2f}x"
+    )
+    return Verdict.check(target, factor <= 0.5, "trio", goal, measured_text)
+
+
+def targets(measured: Sequence[Samples], tasks: int) -> list[Verdict]:
     """One verdict per DESIGN §5 Redis target: PASS, FAIL or n/a (with why)."""
-    verdicts: list[Verdict] = []
-
-    ours = _find(results, LAYERCACHE, "asyncio", SEQUENTIAL)
-    peer = _find(results, REDIS_PY, "asyncio", SEQUENTIAL)
-    goal = "L2 hit sequential median <= 1.0x a redis.asyncio GET + JSON decode"
-    target = "l2-sequential-asyncio"
-    if peer.unsupported is not None:
-        verdicts.append(
-            Verdict(target, "n/a", "asyncio", goal, f"the peer did not run ({peer.unsupported})")
-        )
-    else:
-        factor = ours.median / peer.median
-        verdicts.append(
-            Verdict.check(
-                target,
-                factor <= 1.0,
-                "asyncio",
-                goal,
-                f"layercache {ours.median / 1e3:.1f} us vs {peer.median / 1e3:.1f} us "
-                f"= {factor:.2f}x",
-            )
-        )
-
-    ours = _find(results, LAYERCACHE, "trio", SEQUENTIAL)
-    peer = _find(results, COREDIS, "trio", SEQUENTIAL)
-    goal = "L2 hit sequential median <= 0.5x a coredis GET"
-    target = "l2-sequential-trio"
-    if peer.unsupported is None:
-        factor = ours.median / peer.median
-        verdicts.append(
-            Verdict.check(
-                target,
-                factor <= 0.5,
-                "trio",
-                f"{goal} on trio",
-                f"layercache {ours.median / 1e3:.1f} us vs {peer.median / 1e3:.1f} us "
-                f"= {factor:.2f}x (coredis + JSON decode)",
-            )
-        )
-    else:
-        fallback = _find(results, COREDIS, "asyncio", SEQUENTIAL)
-        if fallback.unsupported is not None:
-            verdicts.append(
-                Verdict(target, "n/a", "trio", goal, f"coredis did not run ({peer.unsupported})")
-            )
-        else:
-            factor = ours.median / fallback.median
-            verdicts.append(
-                Verdict.check(
-                    target,
-                    factor <= 0.5,
-                    "trio",
-                    goal,
-                    f"coredis does not run on trio ({peer.unsupported}), so against coredis "
-                    f"on asyncio: layercache on trio {ours.median / 1e3:.1f} us vs "
-                    f"{fallback.median / 1e3:.1f} us = {factor:.2f}x",
-                )
-            )
-
-    ours = _find(results, LAYERCACHE, "asyncio", CONCURRENT)
-    peer = _find(results, REDIS_PY, "asyncio", CONCURRENT)
-    goal = f"{tasks} concurrent tasks, distinct keys: throughput >= 2x redis.asyncio GETs"
-    target = "l2-concurrent"
-    if peer.unsupported is not None:
-        verdicts.append(
-            Verdict(target, "n/a", "asyncio", goal, f"the peer did not run ({peer.unsupported})")
-        )
-    else:
-        factor = ours.median / peer.median
-        verdicts.append(
-            Verdict.check(
-                target,
-                factor >= 2.0,
-                "asyncio",
-                goal,
-                f"layercache {ours.median:,.0f} gets/s vs {peer.median:,.0f} gets/s "
-                f"= {factor:.2f}x",
-            )
-        )
-
-    ours = _find(results, LAYERCACHE, "trio", CONCURRENT)
-    measured = f"layercache {ours.median:,.0f} gets/s"
-    if peer.unsupported is None:
-        measured += (
-            f" = {ours.median / peer.median:.2f}x redis.asyncio on asyncio (no target: "
+    ours = find(measured, LAYERCACHE, "asyncio", SEQUENTIAL)
+    peer = find(measured, REDIS_PY, "asyncio", SEQUENTIAL)
+    sequential = _versus(
+        "l2-sequential-asyncio",
+        "L2 hit sequential median <= 1.0x a redis.asyncio GET + JSON decode",
+        ours,
+        peer,
+        lambda factor: factor <= 1.0,
+        lambda factor: f"layercache {_us(ours)} vs {_us(peer)} = {factor:.2f}x",
+    )
+    fast = find(measured, LAYERCACHE, "asyncio", CONCURRENT)
+    pool = find(measured, REDIS_PY, "asyncio", CONCURRENT)
+    concurrent = _versus(
+        "l2-concurrent",
+        f"{tasks} concurrent tasks, distinct keys: throughput >= 2x redis.asyncio GETs",
+        fast,
+        pool,
+        lambda factor: factor >= 2.0,
+        lambda factor: (
+            f"layercache {fast.median:,.0f} gets/s vs {pool.median:,.0f} gets/s = {factor:.2f}x"
+        ),
+    )
+    on_trio = find(measured, LAYERCACHE, "trio", CONCURRENT)
+    info = f"layercache {on_trio.median:,.0f} gets/s"
+    if pool.unsupported is None:
+        info += (
+            f" = {on_trio.median / pool.median:.2f}x redis.asyncio on asyncio (no target: "
             "redis.asyncio does not run on trio)"
         )
-    verdicts.append(Verdict(target, "info", "trio", f"{tasks} concurrent tasks", measured))
-    return verdicts
+    trio = Verdict("l2-concurrent", "info", "trio", f"{tasks} concurrent tasks", info)
+    return [sequential, _trio_sequential(measured), concurrent, trio]
 
 
 # -- running ------------------------------------------------------------------------------
@@ -777,52 +545,40 @@ class Settings:
         return cls(runs=7, batch=2_000, per_task=20)
 
 
-def measure_and_print(settings: Settings) -> list[Result]:
-    """Everything the script measures, printed as it prints it; the results."""
+def _print_header(workload: Workload, where: str) -> None:
+    json_library = f"orjson {version('orjson')}" if JSON_NAME == "orjson" else JSON_NAME
+    print_machine(
+        LIBRARIES,
+        ("JSON", f"{json_library} (what layercache's json serializer uses; peers too)"),
+        ("redis-py", f"parser {_redis_py_parser()}"),
+        ("server", f"{_server_version(workload.url)}, {where}"),
+    )
+    count = len(workload.keys)
+    print(
+        f"Values: {count:,} small dicts like {_item(0)!r} (up to "
+        f"{len(DUMPS(_item(count - 1)))} bytes of JSON); layercache's under "
+        f"{LAYERCACHE_PREFIX!r} (in its envelope), the peers' as plain JSON under "
+        f"{RAW_PREFIX!r}\n"
+    )
+
+
+def measure(settings: Settings) -> Report:
+    """Everything the script measures, as a report."""
     runs, batch, tasks, per_task = settings.runs, settings.batch, settings.tasks, settings.per_task
-    with redis_server(settings.redis_url) as (url, where):
-        count = max(batch, tasks * per_task)
-        values = {f"item:{i}": _item(i) for i in range(count)}
-        setup = Setup(url, tuple(values), values, tasks)
-        print_machine(_server_version(url), where)
-        size = len(DUMPS(_item(count - 1)))
-        print(
-            f"Values: {count:,} small dicts like {_item(0)!r} (up to {size} bytes of JSON); "
-            f"layercache's under {LAYERCACHE_PREFIX!r} (in its envelope), the peers' as "
-            f"plain JSON under {RAW_PREFIX!r}\n"
-        )
-        started = time.perf_counter()
-        write_raw(setup)
-        results: list[Result] = []
+    with redis_server(settings.redis_url) as server:
+        values = {f"item:{i}": _item(i) for i in range(max(batch, tasks * per_task))}
+        workload = Workload(server.url, tuple(values), values, tasks)
+        _print_header(workload, server.where)
+        write_raw(workload)
+        measured: list[Samples] = []
         try:
             for backend in BACKENDS:
-                results += anyio.run(
-                    measure, backend, setup, runs, batch, per_task, backend=backend
+                measured += anyio.run(
+                    measure_backend, backend, workload, runs, batch, per_task, backend=backend
                 )
         finally:
             if settings.redis_url is not None:
-                anyio.run(clean_up, setup)
-        print_sequential(results, runs, batch)
-        print_concurrent(results, runs, tasks, per_task)
-        print("DESIGN §5 targets")
-        for verdict in targets(results, tasks):
-            print("  " + verdict.line)
-        print(
-            f"\n(measured in {time.perf_counter() - started:.0f} s; "
-            f"load avg at the end {load_average()})"
-        )
-    return results
-
-
-TITLE = "Redis (L2)"
-
-
-def run(quick: bool = False) -> Report:
-    """The report's entry point (see benchmarks/_results.py)."""
-    settings = Settings.default(quick)
-    runs, batch, tasks, per_task = settings.runs, settings.batch, settings.tasks, settings.per_task
-    with capture_stdout() as printed:
-        results = measure_and_print(settings)
+                anyio.run(clean_up, workload)
     sequential = (
         f"L2 hit latency, sequential: median over {runs} runs of {batch:,} awaited gets "
         "(distinct keys, one task)"
@@ -834,23 +590,27 @@ def run(quick: bool = False) -> Report:
     return Report(
         title=TITLE,
         tables=(
-            result_table(results, SEQUENTIAL, sequential),
-            result_table(results, CONCURRENT, concurrent),
+            result_table(measured, SEQUENTIAL, sequential),
+            result_table(measured, CONCURRENT, concurrent),
         ),
-        verdicts=tuple(targets(results, tasks)),
-        comparisons=tuple(comparisons(results, tasks)),
+        verdicts=tuple(targets(measured, tasks)),
+        comparisons=tuple(comparisons(measured, tasks)),
         settings=(
             f"{runs} runs; sequential batches of {batch:,} gets; {tasks} tasks x {per_task} gets"
         ),
-        output=printed.text,
     )
 
 
-# -- main ---------------------------------------------------------------------------------
+TITLE = "Redis (L2)"
+
+
+def run(quick: bool = False) -> Report:
+    """The report's entry point (see benchmarks/_results.py)."""
+    return measure_and_print(partial(measure, Settings.default(quick)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
+    parser = command_line(__doc__)
     parser.add_argument("--quick", action="store_true", help="1 short run: a smoke test")
     parser.add_argument("--runs", type=int, help="timed runs per contender (default 7)")
     parser.add_argument("--batch", type=int, help="sequential gets per run (default 2000)")
@@ -863,15 +623,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     options = parser.parse_args(argv)
     defaults = Settings.default(options.quick)
-    measure_and_print(
-        Settings(
-            runs=options.runs or defaults.runs,
-            batch=options.batch or defaults.batch,
-            per_task=options.per_task or defaults.per_task,
-            tasks=options.tasks,
-            redis_url=options.redis_url,
-        )
+    settings = Settings(
+        runs=options.runs or defaults.runs,
+        batch=options.batch or defaults.batch,
+        per_task=options.per_task or defaults.per_task,
+        tasks=options.tasks,
+        redis_url=options.redis_url,
     )
+    measure_and_print(partial(measure, settings))
 
 
 if __name__ == "__main__":

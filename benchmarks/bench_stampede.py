@@ -18,24 +18,24 @@ Usage: python benchmarks/bench_stampede.py [--runs 3] [--latency 0.05]
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import anyio
-from _machine import cpu_model, source_revision, version
-from _results import Report, Table, Verdict, capture_stdout
+from _harness import BACKENDS, command_line, measure_and_print, print_machine, redis_server
+from _results import Report, Table, Verdict
 
 from layercache import CacheStack, MemoryLayer
-from layercache.testing import RedisServer
 
 TITLE = "Stampede across processes"
 WORKER = Path(__file__).resolve().parent.parent / "tests" / "stampede_worker.py"
+LIBRARIES = ("layercache", "anyio", "trio")
 PROCESSES = 4
 CALLERS = 100
 SETUPS = {
@@ -43,6 +43,8 @@ SETUPS = {
     "memory + Redis": [],
     "memory + Redis + coordinator": ["--coordinator"],
 }
+Results = dict[str, dict[str, tuple[int, float]]]
+"""Backend -> setup -> (origin queries, the most over the runs; median wall seconds)."""
 
 
 def _stampede(url: str, backend: str, options: list[str], latency: float) -> tuple[int, float]:
@@ -110,41 +112,7 @@ async def _one_process_stampede(latency: float) -> int:
     return fetches
 
 
-def measure_and_print(
-    runs: int, latency: float
-) -> tuple[dict[str, dict[str, tuple[int, float]]], dict[str, int]]:
-    print(
-        f"CPU {cpu_model()}; anyio {version('anyio')}, trio {version('trio')}; "
-        f"layercache git {source_revision()}"
-    )
-    results: dict[str, dict[str, tuple[int, float]]] = {}
-    in_process: dict[str, int] = {}
-    with RedisServer() as server:
-        print(f"{server.binary.product} {server.binary.version}, private, loopback")
-        print(
-            f"{PROCESSES} processes x {CALLERS} callers, origin latency {latency * 1000:.0f} ms, "
-            f"median wall time of {runs} runs\n"
-        )
-        print(f"{'backend':8} {'setup':30} {'queries':>8} {'wall ms':>9}")
-        for backend in ("asyncio", "trio"):
-            results[backend] = {}
-            for name, options in SETUPS.items():
-                outcomes = [_stampede(server.url, backend, options, latency) for _ in range(runs)]
-                queries = max(fetches for fetches, _ in outcomes)
-                wall = statistics.median(seconds for _, seconds in outcomes)
-                results[backend][name] = (queries, wall)
-                print(f"{backend:8} {name:30} {queries:8d} {wall * 1000:9.1f}")
-            in_process[backend] = anyio.run(_one_process_stampede, latency, backend=backend)
-            print(f"{backend:8} {'1 000 callers, one stack':30} {in_process[backend]:8d}")
-    print("\nDESIGN §5 targets")
-    for verdict in targets(results, in_process):
-        print("  " + verdict.line)
-    return results, in_process
-
-
-def targets(
-    results: dict[str, dict[str, tuple[int, float]]], in_process: dict[str, int]
-) -> list[Verdict]:
+def targets(results: Results, in_process: dict[str, int]) -> list[Verdict]:
     verdicts = []
     for backend, setups in results.items():
         queries, _ = setups["memory + Redis + coordinator"]
@@ -169,23 +137,18 @@ def targets(
     return verdicts
 
 
-def run(quick: bool = False) -> Report:
-    """The report's entry point (see benchmarks/_results.py)."""
-    runs, latency = (1, 0.02) if quick else (3, 0.05)
-    with capture_stdout() as printed:
-        results, in_process = measure_and_print(runs, latency)
-    backends = tuple(results)
+def table(results: Results, latency: float) -> Table:
     columns = ["setup"]
-    for backend in backends:
+    for backend in results:
         columns += [f"{backend} queries", f"{backend} wall ms"]
     rows = []
     for name in SETUPS:
         row = [name]
-        for backend in backends:
-            queries, wall = results[backend][name]
+        for setups in results.values():
+            queries, wall = setups[name]
             row += [str(queries), f"{wall * 1000:.1f}"]
         rows.append(tuple(row))
-    table = Table(
+    return Table(
         f"{PROCESSES} processes x {CALLERS} callers, origin latency {latency * 1000:.0f} ms",
         tuple(columns),
         tuple(rows),
@@ -193,21 +156,42 @@ def run(quick: bool = False) -> Report:
         "`go` until every process has answered its callers (median of the runs), which "
         "includes the waiters' polling of Redis.",
     )
+
+
+def measure(runs: int, latency: float) -> Report:
+    """Every setup on both backends, and the in-process stampede, as a report."""
+    results: Results = {}
+    in_process: dict[str, int] = {}
+    with redis_server() as server:
+        print_machine(LIBRARIES, ("server", server.where))
+        for backend in BACKENDS:
+            results[backend] = {}
+            for name, options in SETUPS.items():
+                outcomes = [_stampede(server.url, backend, options, latency) for _ in range(runs)]
+                queries = max(fetches for fetches, _ in outcomes)
+                wall = statistics.median(seconds for _, seconds in outcomes)
+                results[backend][name] = (queries, wall)
+            in_process[backend] = anyio.run(_one_process_stampede, latency, backend=backend)
     return Report(
         title=TITLE,
-        tables=(table,),
+        tables=(table(results, latency),),
         verdicts=tuple(targets(results, in_process)),
         settings=f"{runs} runs, origin latency {latency * 1000:.0f} ms",
-        output=printed.text,
     )
 
 
+def run(quick: bool = False) -> Report:
+    """The report's entry point (see benchmarks/_results.py)."""
+    runs, latency = (1, 0.02) if quick else (3, 0.05)
+    return measure_and_print(partial(measure, runs, latency))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = command_line(__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--latency", type=float, default=0.05)
     args = parser.parse_args()
-    measure_and_print(args.runs, args.latency)
+    measure_and_print(partial(measure, args.runs, args.latency))
 
 
 if __name__ == "__main__":

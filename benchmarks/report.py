@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,9 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:  # the benchmarks import their helpers as top-level modules
     sys.path.insert(0, str(HERE))
 
+from _harness import markdown_table, render_markdown  # noqa: E402
 from _machine import describe, load_average  # noqa: E402
-from _results import TARGETS, Comparison, Report, Table, Verdict  # noqa: E402
+from _results import TARGETS, Comparison, Report, Verdict  # noqa: E402
 
 TEMPLATE = HERE / "performance_template.md"
 PAGE = "performance.md"
@@ -158,34 +159,6 @@ def run_benchmark(benchmark: Benchmark, quick: bool) -> Outcome:
 
 
 # -- the page ---------------------------------------------------------------------------------
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _numeric(text: str) -> bool:
-    return bool(re.match(r"^[0-9.,]+\s*(x|B|ms|s|µs|us)?(\s*\(.*\))?$", text))
-
-
-def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A GitHub markdown table; columns of mostly figures are right-aligned."""
-    rows = list(rows)
-    aligns = []
-    for index in range(len(columns)):
-        numeric = sum(_numeric(row[index]) for row in rows)
-        aligns.append("---:" if rows and numeric * 2 > len(rows) else "---")
-    lines = ["| " + " | ".join(_cell(column) for column in columns) + " |"]
-    lines.append("|" + "|".join(aligns) + "|")
-    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_table(table: Table) -> str:
-    parts = [f"**{table.title}**", markdown_table(table.columns, table.rows)]
-    if table.note:
-        parts.append(table.note)
-    return "\n\n".join(parts)
 
 
 def overall(verdicts: Sequence[Verdict]) -> str:
@@ -314,7 +287,7 @@ def render_benchmark(run: Run, name: str) -> str:
         + (f" ({report.settings})" if report.settings else "")
         + f", {outcome.seconds:.0f} s:"
     ]
-    parts += [render_table(table) for table in report.tables]
+    parts += [render_markdown(table) for table in report.tables]
     if report.verdicts:
         rows = [(f"**{v.status}**", v.backend, v.goal, v.measured) for v in report.verdicts]
         parts.append("**DESIGN §5 targets**")
@@ -394,51 +367,9 @@ def draw_chart(comparisons: Sequence[Comparison], path: Path, subtitle: str) -> 
         gridspec_kw={"height_ratios": heights},
         squeeze=False,
     )
-    bar = 0.8 / len(backends)
     for axis, (scenario, peers) in zip(axes[:, 0], scenarios.items(), strict=True):
-        for row, peer in enumerate(peers):
-            for index, backend in enumerate(backends):
-                y = row - 0.4 + bar * (index + 0.5)
-                found = [
-                    c
-                    for c in comparisons
-                    if (c.scenario, c.peer, c.backend) == (scenario, peer, backend)
-                ]
-                if not found:
-                    axis.text(
-                        low * 1.1,
-                        y,
-                        f"does not run on {backend}",
-                        va="center",
-                        fontsize=8,
-                        color="grey",
-                    )
-                    continue
-                comparison = found[0]
-                axis.barh(
-                    y, comparison.speedup, height=bar * 0.9, left=0, color=BACKEND_COLOURS[backend]
-                )
-                axis.text(
-                    comparison.speedup * 1.04,
-                    y,
-                    f"{comparison.speedup:.2f}x",
-                    va="center",
-                    fontsize=8,
-                    zorder=4,
-                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
-                )
-                if comparison.goal is not None:
-                    axis.plot(
-                        [comparison.goal] * 2,
-                        [y - bar / 2, y + bar / 2],
-                        color="black",
-                        linewidth=2.5,
-                    )
-        axis.set_yticks(range(len(peers)), peers, fontsize=9)
-        axis.set_ylim(len(peers) - 0.5, -0.5)
-        axis.set_title(scenario, loc="left", fontsize=10, fontweight="bold")
-        axis.axvline(1.0, color="grey", linewidth=1, linestyle="--")
-        axis.grid(axis="x", which="major", alpha=0.3)
+        found = [c for c in comparisons if c.scenario == scenario]
+        _draw_scenario(axis, scenario, peers, found, backends, low)
     bottom = axes[-1, 0]
     bottom.set_xscale("log")
     bottom.set_xlim(low, high)
@@ -464,6 +395,54 @@ def draw_chart(comparisons: Sequence[Comparison], path: Path, subtitle: str) -> 
     return ""
 
 
+def _draw_scenario(
+    axis: Any,
+    scenario: str,
+    peers: Sequence[str],
+    comparisons: Sequence[Comparison],
+    backends: Sequence[str],
+    low: float,
+) -> None:
+    """One scenario's bars: a row per peer, a bar per backend, its goal marked."""
+    bar = 0.8 / len(backends)
+    for row, peer in enumerate(peers):
+        for index, backend in enumerate(backends):
+            y = row - 0.4 + bar * (index + 0.5)
+            found = [c for c in comparisons if (c.peer, c.backend) == (peer, backend)]
+            if not found:
+                axis.text(
+                    low * 1.1,
+                    y,
+                    f"does not run on {backend}",
+                    va="center",
+                    fontsize=8,
+                    color="grey",
+                )
+                continue
+            comparison = found[0]
+            axis.barh(
+                y, comparison.speedup, height=bar * 0.9, left=0, color=BACKEND_COLOURS[backend]
+            )
+            axis.text(
+                comparison.speedup * 1.04,
+                y,
+                f"{comparison.speedup:.2f}x",
+                va="center",
+                fontsize=8,
+                zorder=4,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
+            )
+            if comparison.goal is not None:
+                axis.plot(
+                    [comparison.goal] * 2, [y - bar / 2, y + bar / 2], color="black", linewidth=2.5
+                )
+    axis.set_yticks(range(len(peers)), peers, fontsize=9)
+    axis.set_ylim(len(peers) - 0.5, -0.5)
+    axis.set_title(scenario, loc="left", fontsize=10, fontweight="bold")
+    axis.axvline(1.0, color="grey", linewidth=1, linestyle="--")
+    axis.grid(axis="x", which="major", alpha=0.3)
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -476,7 +455,7 @@ def _server() -> str:
         return f"none found ({error})"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="few short runs: a smoke test (needs --output-dir)"
@@ -492,29 +471,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
-    if options.child:
-        run_in_child(options.child, options.quick, options.result_file)
-        return 0
-    if options.quick and options.output_dir is None:
+    if options.quick and options.output_dir is None and not options.child:
         parser.error("--quick figures do not belong in docs/: give --output-dir")
-    output = options.output_dir or ROOT / "docs"
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    command = shlex.join(["python", "benchmarks/report.py", *arguments])
+    return options
 
-    started_at = datetime.datetime.now(datetime.UTC)
-    started = time.perf_counter()
-    machine = tuple(describe(LIBRARIES))
-    benchmarks = discover(options.only)
+
+def run_all(benchmarks: Sequence[Benchmark], quick: bool) -> list[Outcome]:
+    """Every benchmark in turn, each in a process of its own."""
     outcomes = []
     for number, benchmark in enumerate(benchmarks, 1):
         print(f"\n=== [{number}/{len(benchmarks)}] {benchmark.script}", flush=True)
-        outcome = run_benchmark(benchmark, options.quick)
+        outcome = run_benchmark(benchmark, quick)
         if outcome.error:
             print(f"=== {benchmark.script} did not run: {outcome.error}", file=sys.stderr)
         else:
             print(f"=== {benchmark.script}: {outcome.seconds:.0f} s", flush=True)
         outcomes.append(outcome)
         gc.collect()
+    return outcomes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = _options(argv)
+    if options.child:
+        run_in_child(options.child, options.quick, options.result_file)
+        return 0
+    output = options.output_dir or ROOT / "docs"
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    started_at = datetime.datetime.now(datetime.UTC)
+    started = time.perf_counter()
+    machine = tuple(describe(LIBRARIES))
+    outcomes = run_all(discover(options.only), options.quick)
     seconds = time.perf_counter() - started
 
     comparisons = [c for o in outcomes if o.report for c in o.report.comparisons]
@@ -529,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(
         outcomes=tuple(outcomes),
         quick=options.quick,
-        command=command,
+        command=shlex.join(["python", "benchmarks/report.py", *arguments]),
         started=started_at,
         seconds=seconds,
         machine=machine,
