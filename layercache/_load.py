@@ -52,8 +52,9 @@ class LoadPath:
         if fetcher is None and not self._parts.remote:
             tally.misses += 1
             return default
-        flight, start = self._single_flight.join(key, fetcher, ttl, tags)
-        read_it = start and await self._reads.read_directly(flight)
+        single_flight = self._single_flight
+        flight, new = single_flight.join(key, fetcher, ttl, tags)
+        read_it = new and single_flight.launch(flight) and await self._reads.read_directly(flight)
         try:
             if flight.reply.done:
                 if not read_it:

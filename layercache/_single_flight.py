@@ -94,19 +94,21 @@ class SingleFlight:
     """Single-flight for one stack: loads run :meth:`bind`'s ``load`` (the load path),
     batched reads its ``read_many`` (the read path)."""
 
-    def __init__(self) -> None:
+    def __init__(self, new_event: Callable[[], Event] = anyio.Event) -> None:
+        """``new_event`` makes each flight's reply event (the running loop's own class
+        once the actor runs; any event-like class where no loop runs, in unit tests)."""
         self._load: Load = _unbound
         self._read_many: ReadMany = _unbound
         self._read_batch: list[Flight] | None = None
         self.direct_reads = False
         """Set by a stack whose slower part is one layer that can complete reads by
-        callback: ``join`` then hands new reading flights to their first caller, who
-        reads directly when the layer is idle (finishing with :meth:`complete`, no
+        callback: :meth:`launch` then leaves new reading flights to their first caller,
+        who reads directly when the layer is idle (finishing with :meth:`complete`, no
         task) or else hands the flight to :meth:`gather`."""
         self._flights: dict[tuple[str, bool], Flight] = {}
         self._loads: TaskGroup | None = None
         self._drained: anyio.Event | None = None
-        self._new_event: Callable[[], Event] = anyio.Event
+        self._new_event = new_event
         self.fence_count = 0
         """Grows with every fence; a reader that saw it unchanged saw no invalidation."""
 
@@ -161,30 +163,39 @@ class SingleFlight:
     def join(
         self, key: str, fetcher: Fetcher | None, ttl: float | None, tags: frozenset[str]
     ) -> tuple[Flight, bool]:
-        """Return the load in flight for ``key`` of this kind, starting one if needed.
+        """Return the load in flight for ``key`` of this kind, registering a new one if
+        there is none: then the flag is True, and the caller :meth:`launch` es it.
 
-        Later callers share the first caller's fetcher, ``ttl`` and ``tags``. The flag
-        is True for a new reading flight the caller must start itself (direct reads).
+        Later callers share the first caller's fetcher, ``ttl`` and ``tags``.
         """
         slot = (key, fetcher is not None)
         flight = self._flights.get(slot)
-        if flight is None or flight.stale:
-            # A stale load answers only those who asked before the change: a caller
-            # arriving after it starts a new load (the old one forgets its slot).
-            loads = self._loads
-            if loads is None:
-                raise CacheClosedError("the CacheStack is not running")
-            flight = Flight(key, fetcher, ttl, tags, self._new_event())
-            self._flights[slot] = flight
-            if fetcher is None and self.direct_reads:
-                return flight, True
-            if fetcher is None:
-                self.gather(flight)
-            else:
-                # Started straight into the loads' task group: a load costs one
-                # task, not a message to an actor and then a task.
-                loads.start_soon(self._run_load, flight, name="layercache load")
-        return flight, False
+        if flight is not None and not flight.stale:
+            return flight, False
+        # A stale load answers only those who asked before the change: a caller
+        # arriving after it starts a new load (the old one forgets its slot).
+        flight = Flight(key, fetcher, ttl, tags, self._new_event())
+        self._flights[slot] = flight
+        return flight, True
+
+    def launch(self, flight: Flight) -> bool:
+        """Start the work of a flight :meth:`join` just registered: a fetching load as a
+        task, a reading one into the next batch; or, with direct reads, nothing: True,
+        the caller reads it itself. Outside a running stack the flight fails at once.
+        """
+        loads = self._loads
+        if loads is None:
+            self.complete(flight, CacheClosedError("the CacheStack is not running"))
+            return False
+        if flight.fetcher is not None:
+            # Started straight into the loads' task group: a load costs one task, not a
+            # message to an actor and then a task.
+            loads.start_soon(self._run_load, flight, name="layercache load")
+            return False
+        if self.direct_reads:
+            return True
+        self.gather(flight)
+        return False
 
     def gather(self, flight: Flight) -> None:
         """Add a reading flight to the next read batch.

@@ -74,35 +74,7 @@ class OpenTelemetry:
         self._observation = metrics.Observation
         self._statistics: Callable[[], CacheStatistics] | None = None
         self._in_use = False
-        counters: dict[str, Callable[[CacheStatistics], Iterable[tuple[int, dict[str, str]]]]] = {
-            "layercache.hits": lambda s: (
-                (hits, {"layercache.layer": layer}) for layer, hits in s.layer_hits.items()
-            ),
-            "layercache.misses": lambda s: [(s.misses, {})],
-            "layercache.fetches": lambda s: [(s.fetches, {})],
-            "layercache.fetch_errors": lambda s: [(s.fetch_errors, {})],
-            "layercache.stale_loads": lambda s: [(s.stale_loads, {})],
-            "layercache.layer.misses": _per_layer("misses"),
-            "layercache.layer.errors": _per_layer("errors"),
-            "layercache.layer.dropped": _per_layer("dropped"),
-            "layercache.layer.skipped": _per_layer("skipped"),
-            "layercache.layer.corrupt": _per_layer("corrupt"),
-            "layercache.bus.dropped": lambda s: [(s.bus_dropped, {})],
-            "layercache.coordinator.locks": lambda s: (
-                []
-                if s.coordinator is None
-                else [
-                    (getattr(s.coordinator, event), {"layercache.event": event})
-                    for event in ("acquired", "waits", "takeovers", "timeouts", "lost")
-                ]
-            ),
-            "layercache.invalidations": lambda s: [
-                (s.invalidations_sent, {"layercache.direction": "sent"}),
-                (s.invalidations_received, {"layercache.direction": "received"}),
-                (s.invalidations_rejected, {"layercache.direction": "rejected"}),
-            ],
-        }
-        for instrument, read in counters.items():
+        for instrument, read in _COUNTERS.items():
             meter.create_observable_counter(instrument, callbacks=[self._callback(read)])
         meter.create_observable_gauge(
             "layercache.loads_in_flight",
@@ -164,3 +136,34 @@ def _per_layer(field: str) -> Callable[[CacheStatistics], Iterable[tuple[int, di
     return lambda s: (
         (getattr(layer, field), {"layercache.layer": layer.name}) for layer in s.layers
     )
+
+
+_COUNTERS: dict[str, Callable[[CacheStatistics], Iterable[tuple[int, dict[str, str]]]]] = {
+    "layercache.hits": lambda s: (
+        (hits, {"layercache.layer": layer}) for layer, hits in s.layer_hits.items()
+    ),
+    "layercache.misses": lambda s: [(s.misses, {})],
+    "layercache.fetches": lambda s: [(s.fetches, {})],
+    "layercache.fetch_errors": lambda s: [(s.fetch_errors, {})],
+    "layercache.stale_loads": lambda s: [(s.stale_loads, {})],
+    "layercache.layer.misses": _per_layer("misses"),
+    "layercache.layer.errors": _per_layer("errors"),
+    "layercache.layer.dropped": _per_layer("dropped"),
+    "layercache.layer.skipped": _per_layer("skipped"),
+    "layercache.layer.corrupt": _per_layer("corrupt"),
+    "layercache.bus.dropped": lambda s: [(s.bus_dropped, {})],
+    "layercache.coordinator.locks": lambda s: (
+        []
+        if s.coordinator is None
+        else [
+            (getattr(s.coordinator, event), {"layercache.event": event})
+            for event in ("acquired", "waits", "takeovers", "timeouts", "lost")
+        ]
+    ),
+    "layercache.invalidations": lambda s: [
+        (s.invalidations_sent, {"layercache.direction": "sent"}),
+        (s.invalidations_received, {"layercache.direction": "received"}),
+        (s.invalidations_rejected, {"layercache.direction": "rejected"}),
+    ],
+}
+"""Each observable counter and how to read it from a statistics snapshot."""
