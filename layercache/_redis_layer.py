@@ -4,15 +4,24 @@ Owns: a transport (one pipelined connection of its own for ``url=``, or an adapt
 ``redis.asyncio`` client for ``client=``), the inbox callers post requests to, and the
 layer's counters.
 
-Takes: :class:`Read` and :class:`Call`. The actor drains every request waiting in its
-inbox and sends them as one batch: the keys of all the reads become one ``MGET`` (with a
-``PTTL`` per key, so a hit carries its remaining TTL), the calls' commands follow in the
-same pipeline. 200 concurrent reads cost one or two round trips, not 200.
+Takes (over its inbox): :class:`Read` and :class:`Call`. The actor drains every request
+waiting in its inbox and sends them as one batch: the keys of all the reads become one
+``MGET`` (with a ``PTTL`` per key, so a hit carries its remaining TTL), the calls'
+commands follow in the same pipeline. 200 concurrent reads cost one or two round trips,
+not 200.
 
-Callers wait on a one-shot reply slot with the layer's ``timeout`` as deadline (a lone
-read on trio reads its own reply, and hands the reading back however it ends), so a
-cancelled or timed-out caller leaves the connection in step.
-Bytes that are not a value this layer wrote are a miss: the key is deleted and counted
+Called from other tasks: every request method (``get_many``, ``write_many``, …) builds
+its request in the caller's task and either posts it or, when nothing is queued or
+under way, sends it itself (``_send_now``: the writer lock makes the caller and the
+actor take turns, and a send to an idle connection does not await midway, so a
+cancellation cannot leave half a request). ``read_now``/``read_reply`` are the direct
+read's variant: the reply completes the caller's flight by callback in the transport's
+reader task (or, on trio, in the caller's own task while the reader stands by). One
+thread: the counters and the queue count are never seen half-changed.
+
+Callers wait on a one-shot reply slot with the layer's ``timeout`` as deadline, so a
+cancelled or timed-out caller leaves the connection in step. Bytes that are not a value
+this layer wrote are a miss: the key is deleted and counted
 (``statistics().layers[i].corrupt``), and nothing in them is executed.
 """
 
