@@ -1,8 +1,9 @@
-"""Shared fixtures. Every async test runs once on asyncio and once on trio.
+"""Fixtures for every test. Every async test runs once on asyncio and once on trio.
 
-The Redis fixtures (tests/redis_fixtures.py) start real servers on free loopback ports;
-when no server binary can be found or started they raise, so the tests using them fail
-instead of being skipped.
+The real-server fixtures (tests/redis_fixtures.py) are not here: only
+tests/integration/ and tests/artifacts/ get them, from their own conftest, so a unit
+test cannot start a server by asking for one. The embedded (in-process fakeredis)
+server is for everyone.
 """
 
 from __future__ import annotations
@@ -14,12 +15,6 @@ import pytest
 from layercache.testing import FakeClock
 
 from .redis_fixtures import embedded_redis as embedded_redis
-from .redis_fixtures import own_redis_server as own_redis_server
-from .redis_fixtures import password_redis_server as password_redis_server
-from .redis_fixtures import redis_server as redis_server
-from .redis_fixtures import redis_url as redis_url
-from .redis_fixtures import tls_redis_server as tls_redis_server
-from .redis_fixtures import unix_redis_server as unix_redis_server
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -33,7 +33,7 @@ from layercache._redis._transport import Transport
 from layercache._validation import MAX_TTL
 from layercache.testing import LayerContract
 
-from .helpers import GatedFetcher
+from ..helpers import GatedFetcher
 
 pytestmark = pytest.mark.anyio
 

@@ -32,7 +32,7 @@ import pytest
 
 from layercache.testing import EmbeddedRedis
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 URL_ENV = "LAYERCACHE_REDIS_URL"
 RUN_TIMEOUT = 120.0
 READY_TIMEOUT = 60.0

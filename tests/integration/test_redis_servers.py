@@ -24,10 +24,10 @@ import redis
 from layercache.testing import EmbeddedRedis, RedisServer, RedisServerError, ServerBinary
 from layercache.testing import _server as server_module
 
-from .redis_fixtures import embedded_redis as embedded_redis
-from .redis_fixtures import own_redis_server as own_redis_server
-from .redis_fixtures import redis_server as redis_server
-from .redis_fixtures import redis_url as redis_url
+from ..redis_fixtures import embedded_redis as embedded_redis
+from ..redis_fixtures import own_redis_server as own_redis_server
+from ..redis_fixtures import redis_server as redis_server
+from ..redis_fixtures import redis_url as redis_url
 
 
 def resp(*words: str) -> bytes:

@@ -31,7 +31,7 @@ from layercache import (
 from layercache._distributed import POLL_FIRST, POLL_MAX, Wait
 from layercache.testing import RedisServer
 
-from .helpers import GatedFetcher
+from ..helpers import GatedFetcher
 
 pytestmark = pytest.mark.anyio
 
