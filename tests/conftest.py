@@ -11,7 +11,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from layercache import OpenTelemetry
 from layercache.testing import FakeClock
 
 from .redis_fixtures import embedded_redis as embedded_redis
@@ -33,3 +39,18 @@ def prefix(request: pytest.FixtureRequest) -> str:
     """A Redis key prefix no other test uses (tests share one server per session)."""
     module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
     return f"{module}:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def otel() -> tuple[OpenTelemetry, InMemoryMetricReader, InMemorySpanExporter]:
+    """The OpenTelemetry hook, on the SDK's in-memory metric reader and span exporter."""
+    reader = InMemoryMetricReader()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    hook = OpenTelemetry(
+        "catalog",
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        tracer_provider=tracer_provider,
+    )
+    return hook, reader, exporter

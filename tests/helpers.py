@@ -1,8 +1,15 @@
-"""Test helpers: a fetcher the test opens and closes by hand."""
+"""Helpers the unit and the integration tests share: a fetcher the test opens and
+closes by hand, raw RESP over a socket, and the metrics an OpenTelemetry reader holds."""
 
 from __future__ import annotations
 
+import socket
+from typing import TYPE_CHECKING, Any
+
 import anyio
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 
 class GatedFetcher:
@@ -34,3 +41,31 @@ class GatedFetcher:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+def resp(*words: str) -> bytes:
+    """One command in RESP, as a client sends it."""
+    encoded = [word.encode() for word in words]
+    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in encoded)
+
+
+def first_reply_line(connection: socket.socket, *words: str) -> bytes:
+    """Send one command over a raw socket and return the first line of the reply."""
+    connection.sendall(resp(*words))
+    with connection.makefile("rb") as reader:
+        return reader.readline()
+
+
+def _metrics(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, Any], ...]], Any]:
+    """Each data point the reader holds: ``{(metric name, sorted attributes): value}``."""
+    data = reader.get_metrics_data()
+    found: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
+    if data is None:  # nothing was observed
+        return found
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    attributes = tuple(sorted((point.attributes or {}).items()))
+                    found[(metric.name, attributes)] = getattr(point, "value", None)
+    return found
