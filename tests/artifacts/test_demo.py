@@ -23,6 +23,8 @@ from layercache._demo._report import Result
 from layercache._demo._stale import StaleFigures
 from layercache.testing import RedisServer
 
+pytestmark = pytest.mark.slow
+
 CALLERS = 200
 FAST = ["--callers", str(CALLERS), "--origin-latency", "0.001"]
 

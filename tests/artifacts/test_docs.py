@@ -33,6 +33,8 @@ import layercache
 import layercache.testing
 from layercache.testing import EmbeddedRedis
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 MARKDOWN = sorted([*DOCS.glob("*.md"), ROOT / "README.md"])

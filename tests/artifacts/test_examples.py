@@ -32,6 +32,8 @@ import pytest
 
 from layercache.testing import EmbeddedRedis
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 URL_ENV = "LAYERCACHE_REDIS_URL"
 RUN_TIMEOUT = 120.0
