@@ -14,8 +14,8 @@ rendered as the class's own. Names it does not know yet land in a group chosen b
 so a new public class appears without editing this script.
 
 The output depends only on the source, never on the machine: a default whose ``repr``
-carries a memory address is shown as ``...``. ``tests/test_docs.py`` regenerates the
-page in memory and compares. Names without a docstring are listed on stderr.
+carries a memory address is shown as ``...``. ``tests/artifacts/test_docs.py``
+regenerates the page in memory and compares. Names without a docstring are listed on stderr.
 
 Docstrings use a small reST subset, converted here: ````code````, ``:class:`X``` (and
 ``:meth:``, ``:attr:``, ``:func:``, ``:exc:``, ``:data:``; a leading ``~`` keeps the last

@@ -20,7 +20,7 @@ then, from another shell::
 Without a URL (``--redis-url`` or ``$LAYERCACHE_REDIS_URL``) the lifespan starts an
 embedded Redis-protocol server for the app's lifetime. The stack is opened in the
 lifespan, so its actors start before the first request and stop after the last one;
-endpoints reach it through a dependency. ``tests/test_examples.py`` imports
+endpoints reach it through a dependency. ``tests/artifacts/test_examples.py`` imports
 :func:`create_app` and drives it in-process, on asyncio and trio, with an
 ``httpx.AsyncClient`` over ``httpx.ASGITransport`` inside asgi-lifespan's
 ``LifespanManager`` (which runs the lifespan); it also serves the app with uvicorn.

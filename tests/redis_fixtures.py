@@ -3,6 +3,9 @@
 Integration tests use a real server and never skip (DESIGN §6): when no server binary can
 be found or started, these fixtures raise :class:`~layercache.testing.RedisServerError`
 and the tests using them error out. ``$LAYERCACHE_REDIS_SERVER`` picks the binary.
+
+tests/conftest.py brings in ``embedded_redis`` for every test; the real-server fixtures
+are brought in by the conftests of tests/integration/ and tests/artifacts/ only.
 """
 
 from __future__ import annotations

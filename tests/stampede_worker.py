@@ -1,4 +1,4 @@
-"""One process of a multi-process stampede (tests/test_multiprocess.py, and
+"""One process of a multi-process stampede (tests/integration/test_multiprocess.py, and
 benchmarks/bench_stampede.py).
 
 It opens a stack (memory + Redis, optionally the Redis single-flight coordinator), says

@@ -13,7 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parents[2]
 REPORT = "benchmarks/report.py"
 SECTIONS = (
     "# Performance",

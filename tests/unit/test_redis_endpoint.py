@@ -1,8 +1,6 @@
-"""The Redis set-up shared by the layer, the bus and the coordinator, on asyncio and trio.
-
-Each of the three names itself in the errors of its arguments, and a server that
-refuses the login fails its start with a plain ``LayerUnavailableError`` naming it (not
-an exception group), caused by the refusal.
+"""The Redis set-up shared by the layer, the bus and the coordinator: each of the three
+names itself in the errors of its arguments, and Redis errors become its own
+``LayerUnavailableError``. (A refused login, against a real server: tests/integration.)
 """
 
 from __future__ import annotations
@@ -13,21 +11,16 @@ import hiredis
 import pytest
 
 from layercache import (
-    CacheStack,
     LayerUnavailableError,
-    MemoryLayer,
     RedisInvalidationBus,
     RedisLayer,
     RedisSingleFlightCoordinator,
 )
 from layercache._redis._endpoint import RedisEndpoint, check_replies, unavailable
 from layercache._redis._errors import (
-    RedisConfigurationError,
     RedisConnectionError,
     RedisReplyError,
 )
-
-pytestmark = pytest.mark.anyio
 
 OWNERS: list[Any] = [RedisLayer, RedisInvalidationBus, RedisSingleFlightCoordinator]
 
@@ -65,38 +58,3 @@ def test_redis_errors_become_the_owners_unavailable_error() -> None:
         check_replies("bus", [b"OK", hiredis.ReplyError("OOM no room"), 1])
     assert caught.value.layer == "bus"
     assert isinstance(caught.value.__cause__, RedisReplyError)
-
-
-def _wrong_login(server: Any) -> str:
-    url: str = server.url.replace(server.password, "wrong")
-    return url
-
-
-async def test_a_refused_login_fails_the_endpoints_start(password_redis_server: Any) -> None:
-    endpoint = RedisEndpoint(
-        "RedisLayer", _wrong_login(password_redis_server), None, timeout=1.0, ssl_context=None
-    )
-    with pytest.raises(LayerUnavailableError, match="authentication failed") as caught:
-        async with endpoint.transport("mine"):
-            pytest.fail("a refused transport runs no block")
-    assert caught.value.layer == "mine"
-    assert isinstance(caught.value.__cause__, RedisConfigurationError)
-
-
-async def test_a_refused_login_fails_the_buss_start(password_redis_server: Any) -> None:
-    bus = RedisInvalidationBus(_wrong_login(password_redis_server))
-    with pytest.raises(LayerUnavailableError, match="authentication failed") as caught:
-        async with CacheStack([MemoryLayer()], invalidation_bus=bus):
-            pass
-    assert caught.value.layer == "invalidation bus"
-
-
-async def test_a_refused_login_fails_the_coordinators_start(
-    password_redis_server: Any, prefix: str
-) -> None:
-    coordinator = RedisSingleFlightCoordinator(_wrong_login(password_redis_server))
-    layers = [MemoryLayer(), RedisLayer(url=password_redis_server.url, prefix=prefix)]
-    with pytest.raises(LayerUnavailableError, match="authentication failed") as caught:
-        async with CacheStack(layers, single_flight_coordinator=coordinator):
-            pass
-    assert caught.value.layer == "single-flight coordinator"

@@ -15,7 +15,7 @@ from layercache import (
 )
 from layercache._validation import MAX_TTL, check_duration, check_ttl
 
-from .helpers import BAD_DURATIONS
+from ..helpers import BAD_DURATIONS
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,5 @@
-"""The Redis test servers themselves: the real process manager and the embedded server.
+"""The Redis test servers themselves: the real process manager (the embedded server is
+in tests/unit/test_redis_servers.py).
 
 These tests are synchronous: they check process and thread management, not async code.
 They never skip for want of a server (DESIGN §6): no binary means they fail. The only
@@ -15,31 +16,18 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from layercache.testing import EmbeddedRedis, RedisServer, RedisServerError, ServerBinary
+from layercache.testing import RedisServer, RedisServerError, ServerBinary
 from layercache.testing import _server as server_module
 
-from .redis_fixtures import embedded_redis as embedded_redis
-from .redis_fixtures import own_redis_server as own_redis_server
-from .redis_fixtures import redis_server as redis_server
-from .redis_fixtures import redis_url as redis_url
-
-
-def resp(*words: str) -> bytes:
-    encoded = [word.encode() for word in words]
-    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in encoded)
-
-
-def first_reply_line(connection: socket.socket, *words: str) -> bytes:
-    """Send one command over a raw socket and return the first line of the reply."""
-    connection.sendall(resp(*words))
-    with connection.makefile("rb") as reader:
-        return reader.readline()
+from ..helpers import first_reply_line
+from ..redis_fixtures import own_redis_server as own_redis_server
+from ..redis_fixtures import redis_server as redis_server
+from ..redis_fixtures import redis_url as redis_url
 
 
 def tcp(server: RedisServer) -> socket.socket:
@@ -83,14 +71,6 @@ def test_environment_variable_picks_the_binary(monkeypatch: pytest.MonkeyPatch) 
     preferred = ServerBinary.find()
     monkeypatch.setenv(server_module.SERVER_ENV_VAR, preferred.path)
     assert ServerBinary.find() == ServerBinary(preferred.path, "$LAYERCACHE_REDIS_SERVER")
-
-
-def test_environment_variable_naming_nothing_is_an_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv(server_module.SERVER_ENV_VAR, str(tmp_path / "nope"))
-    with pytest.raises(RedisServerError, match="LAYERCACHE_REDIS_SERVER="):
-        ServerBinary.find()
 
 
 def test_no_binary_anywhere_is_an_error_saying_what_to_install(
@@ -334,82 +314,6 @@ def test_extra_args_reach_the_server() -> None:
         redis.Redis.from_url(server.url) as client,
     ):
         assert client.config_get("maxmemory") == {"maxmemory": "12345678"}
-
-
-# -- the embedded server ----------------------------------------------------------------
-
-
-def embedded_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("layercache-embedded-redis")]
-
-
-@pytest.fixture
-def no_thread_leak() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    assert set(threading.enumerate()) <= before
-
-
-def test_embedded_set_get_and_lua(embedded_redis: EmbeddedRedis) -> None:
-    assert embedded_redis.url == f"redis://127.0.0.1:{embedded_redis.port}"
-    with redis.Redis.from_url(embedded_redis.url) as client:
-        assert client.set("k", "v")
-        assert client.get("k") == b"v"
-        assert client.eval("return redis.call('GET', KEYS[1])", 1, "k") == b"v"
-        sha = client.script_load("return ARGV[1]")
-        assert client.evalsha(sha, 0, "echo") == b"echo"
-
-
-def test_embedded_publish_subscribe(embedded_redis: EmbeddedRedis) -> None:
-    with (
-        redis.Redis.from_url(embedded_redis.url) as client,
-        client.pubsub() as subscriber,
-    ):
-        subscriber.subscribe("news")
-        confirmation = subscriber.get_message(timeout=5)
-        assert confirmation is not None
-        assert confirmation["type"] == "subscribe"
-        assert client.publish("news", "hello") == 1
-        message = subscriber.get_message(timeout=5)
-        assert message is not None
-        assert (message["channel"], message["data"]) == (b"news", b"hello")
-
-
-def test_embedded_speaks_resp3(embedded_redis: EmbeddedRedis) -> None:
-    with redis.Redis.from_url(embedded_redis.url, protocol=3) as client:
-        assert client.hset("h", "f", "v") == 1
-        assert client.hgetall("h") == {b"f": b"v"}
-
-
-def test_embedded_stops_cleanly(no_thread_leak: None) -> None:
-    server = EmbeddedRedis()
-    assert repr(server) == "<EmbeddedRedis stopped>"
-    with pytest.raises(RuntimeError):
-        _ = server.url
-    with server:
-        with pytest.raises(RuntimeError, match="already running"):
-            server.start()
-        port = server.port
-        with redis.Redis.from_url(server.url) as client:
-            assert client.ping()
-            idle = socket.create_connection(("127.0.0.1", port), timeout=5)
-            assert first_reply_line(idle, "PING") == b"+PONG\r\n"
-            assert "connections=2" in repr(server)
-            # Threads are daemons: a server somebody forgets to stop cannot hang exit.
-            assert embedded_threads()
-            assert all(thread.daemon for thread in embedded_threads())
-    with idle:
-        assert idle.recv(1) == b""  # the connection left open was closed by stop()
-    assert not embedded_threads()
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    server.stop()  # idempotent
-
-
-def test_embedded_on_a_given_port() -> None:
-    port = server_module._free_port()
-    with EmbeddedRedis(port) as server:
-        assert server.url == f"redis://127.0.0.1:{port}"
 
 
 def test_asyncio_needs_neither_trio_nor_sniffio(redis_server: RedisServer) -> None:

@@ -14,7 +14,7 @@ import pytest
 from layercache import CacheClosedError, CacheStack, MemoryLayer
 from layercache.testing import FakeClock
 
-from .helpers import GatedFetcher
+from ..helpers import GatedFetcher
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import pytest
 from layercache import CacheStack, MemoryLayer, Record
 from layercache.testing import FakeClock, LayerContract
 
-from .helpers import BAD_DURATIONS
+from ..helpers import BAD_DURATIONS
 
 
 def _layer(clock: FakeClock, **kwargs: object) -> MemoryLayer:

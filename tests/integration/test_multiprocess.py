@@ -21,7 +21,7 @@ import pytest
 
 from layercache.testing import RedisServer
 
-WORKER = Path(__file__).parent / "stampede_worker.py"
+WORKER = Path(__file__).parents[1] / "stampede_worker.py"
 PROCESSES = 4
 CALLERS = 100
 STEP_TIMEOUT = 30.0

@@ -1,62 +1,24 @@
 """The optional OpenTelemetry hook: metrics read from ``statistics()``, spans for loads.
 
-The SDK's in-memory reader and exporter stand in for a real backend. A stack without the
-hook must not even import OpenTelemetry (checked in a fresh interpreter).
+The SDK's in-memory reader and exporter (the ``otel`` fixture) stand in for a real
+backend. That a stack without the hook does not even import OpenTelemetry, and the Redis
+coordinator's metrics, are checked in tests/integration/test_telemetry.py.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import uuid
-from typing import Any
-
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from layercache import (
-    CacheStack,
-    MemoryLayer,
-    OpenTelemetry,
-    RedisLayer,
-    RedisSingleFlightCoordinator,
-)
-from layercache.testing import RedisServer
+from layercache import CacheStack, MemoryLayer, OpenTelemetry
+
+from ..helpers import _metrics
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def otel() -> tuple[OpenTelemetry, InMemoryMetricReader, InMemorySpanExporter]:
-    reader = InMemoryMetricReader()
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    hook = OpenTelemetry(
-        "catalog",
-        meter_provider=MeterProvider(metric_readers=[reader]),
-        tracer_provider=tracer_provider,
-    )
-    return hook, reader, exporter
-
-
-def _metrics(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, Any], ...]], Any]:
-    data = reader.get_metrics_data()
-    found: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
-    if data is None:  # nothing was observed
-        return found
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    attributes = tuple(sorted((point.attributes or {}).items()))
-                    found[(metric.name, attributes)] = getattr(point, "value", None)
-    return found
 
 
 async def test_metrics_follow_the_statistics(
@@ -152,42 +114,3 @@ def test_bad_arguments() -> None:
         CacheStack([MemoryLayer()], telemetry=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="name"):
         OpenTelemetry("")
-
-
-def test_a_stack_without_the_hook_does_not_import_opentelemetry() -> None:
-    code = (
-        "import sys, anyio\n"
-        "from layercache import CacheStack, MemoryLayer\n"
-        "async def main():\n"
-        "    async with CacheStack([MemoryLayer()]) as cache:\n"
-        "        async def fetch(): return 1\n"
-        "        assert await cache.get('k', fetch) == 1\n"
-        "anyio.run(main)\n"
-        "assert not any(m.startswith('opentelemetry') for m in sys.modules), 'imported'\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-
-
-async def test_coordinator_lock_events_are_metrics(
-    otel: tuple[OpenTelemetry, InMemoryMetricReader, InMemorySpanExporter],
-    redis_server: RedisServer,
-) -> None:
-    hook, reader, _ = otel
-    prefix = f"otel:{uuid.uuid4().hex[:8]}:"
-
-    async def fetch() -> str:
-        return "v"
-
-    async with CacheStack(
-        [MemoryLayer(), RedisLayer(url=redis_server.url, prefix=prefix)],
-        single_flight_coordinator=RedisSingleFlightCoordinator(redis_server.url),
-        telemetry=hook,
-    ) as cache:
-        assert await cache.get("k", fetch) == "v"
-        metrics = _metrics(reader)
-    stack = ("layercache.stack", "catalog")
-    assert metrics[("layercache.coordinator.locks", (("layercache.event", "acquired"), stack))] == 1
-    assert metrics[("layercache.coordinator.locks", (("layercache.event", "lost"), stack))] == 0

@@ -33,7 +33,9 @@ import layercache
 import layercache.testing
 from layercache.testing import EmbeddedRedis
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 MARKDOWN = sorted([*DOCS.glob("*.md"), ROOT / "README.md"])
 GUIDES = [DOCS / "getting-started.md", DOCS / "concepts.md"]

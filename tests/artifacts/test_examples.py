@@ -32,7 +32,9 @@ import pytest
 
 from layercache.testing import EmbeddedRedis
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
 URL_ENV = "LAYERCACHE_REDIS_URL"
 RUN_TIMEOUT = 120.0
 READY_TIMEOUT = 60.0
