@@ -59,7 +59,7 @@ def layers(url: str, prefix: str, with_redis: bool) -> list[MemoryLayer | RedisL
 def stamp_invalidations(b: CacheStack, stamped: Callable[[float], None]) -> None:
     """Have B hold key k in its memory layer, and call ``stamped(when)`` each time a
     message made it drop k (then hold k again, for the next round)."""
-    listener = b._listener
+    listener = b._parts.listener
     assert listener is not None
     memory = b.layers[0]
     assert isinstance(memory, MemoryLayer)

@@ -57,6 +57,7 @@ from layercache import CacheStack, RedisInvalidationBus
 from layercache._backend import running_library
 from layercache._redis._address import parse_redis_url
 from layercache._redis._connection import Command, Connection, pack
+from layercache.testing import invalidations_received
 
 PEER = Path(__file__).resolve().parent / "_bus_peer.py"
 LIBRARIES = ("layercache", "anyio", "trio")
@@ -82,10 +83,8 @@ class _LocalB:
     """Instance B on this event loop."""
 
     def __init__(self, b: CacheStack) -> None:
-        listener = b._listener
-        assert listener is not None
-        self._listener = listener
-        self._expected = listener.received
+        self._b = b
+        self._expected = b.statistics().invalidations_received
         self._applied = 0.0
 
         def stamped(applied: float) -> None:
@@ -95,7 +94,7 @@ class _LocalB:
 
     async def had_it_at(self) -> float:
         self._expected += 1
-        await self._listener.wait_received(self._expected)
+        await invalidations_received(self._b, self._expected)
         return self._applied
 
 

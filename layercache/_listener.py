@@ -35,6 +35,7 @@ from ._bus import (
     encode,
     origin_marker,
 )
+from ._count import WatchedCount
 from ._exceptions import LayerUnavailableError
 from ._redis._adapter import ClientTransport
 from ._redis._connection import Command
@@ -71,13 +72,12 @@ class InvalidationListener:
         self.carried_sent = 0
         """Of ``sent``, how many went out with the change they announce (the Redis
         layer's batch) rather than on the bus's own connection."""
-        self.received = 0
+        self.received = WatchedCount()
+        """Messages from other stacks applied (awaitable: see :class:`WatchedCount`)."""
         self.ignored = 0
         self.rejected: Counter[str] = Counter()
-        self.resubscriptions = 0
+        self.resubscriptions = WatchedCount()
         self._started_once = False
-        self._heard: anyio.Event | None = None
-        self._changed = anyio.Event()
 
     def __repr__(self) -> str:
         state = "subscribed" if self.subscribed else "unsubscribed"
@@ -128,11 +128,9 @@ class InvalidationListener:
                     started = self._started_once = True
                     task_status.started()
                 else:
-                    self.resubscriptions += 1
+                    self.resubscriptions.add()
                     logger.warning("resubscribed to %r: clearing local layers", self.bus.channel)
                     self._on_resubscribed()
-                self._changed.set()
-                self._changed = anyio.Event()
                 try:
                     await self._serve(connection)
                 finally:
@@ -195,26 +193,11 @@ class InvalidationListener:
         if message is None or message.origin == self.origin:
             self.ignored += 1  # our own, heard back (None: recognised before decoding)
             return
-        self.received += 1
+        self.received.add()
         try:
             self._apply(message)
         except Exception:  # a bug in applying must not stop the listener
             logger.exception("applying a bus message failed")
-        heard, self._heard = self._heard, None
-        if heard is not None:  # someone waits (tests, benchmarks): no Event per message
-            heard.set()
-
-    async def wait_received(self, count: int) -> None:
-        """Return once ``count`` messages from other stacks have been applied (tests)."""
-        while self.received < count:
-            if self._heard is None:
-                self._heard = anyio.Event()
-            await self._heard.wait()
-
-    async def wait_resubscribed(self, count: int) -> None:
-        """Return once the subscription has been re-established ``count`` times (tests)."""
-        while self.resubscriptions < count:
-            await self._changed.wait()
 
     async def publish(self, messages: Sequence[BusMessage]) -> None:
         """Publish ``messages`` in one round trip.

@@ -25,7 +25,6 @@ from ._exceptions import CacheClosedError
 from ._invalidation import DropAll, DropKeys, DropTag, InvalidationPath
 from ._layer import Layer
 from ._lifecycle import Lifecycle
-from ._listener import InvalidationListener
 from ._load import LoadPath
 from ._options import CircuitBreaker, GracefulDegradation
 from ._parts import Parts
@@ -287,11 +286,6 @@ class CacheStack:
     def state(self) -> str:
         """``"new"``, ``"open"`` or ``"closed"``."""
         return self._state
-
-    @property
-    def _listener(self) -> InvalidationListener | None:
-        """The bus listener while the stack runs (tests and benchmarks wait on it)."""
-        return self._parts.listener
 
 
 def _check_layers(layers: Iterable[Layer]) -> tuple[Layer, ...]:

@@ -13,10 +13,15 @@
   resets or refuses connections on demand, for fault tests against a real server.
 - :class:`EmbeddedRedis`: an in-process Redis-protocol server (fakeredis) for tests and
   demos on machines without Redis; needs ``layercache[embedded]``.
+- :func:`invalidations_received` and :func:`bus_resubscribed`: wait, without sleeping,
+  until a stack has applied so many messages from its peers on the bus, or has
+  re-subscribed so many times.
 """
 
 from typing import TYPE_CHECKING, Any
 
+from ._bus import bus_resubscribed as bus_resubscribed
+from ._bus import invalidations_received as invalidations_received
 from ._clock import FakeClock as FakeClock
 from ._embedded import EmbeddedRedis as EmbeddedRedis
 from ._proxy import FaultProxy as FaultProxy
@@ -32,6 +37,8 @@ __all__ = (
     "RedisServer",
     "RedisServerError",
     "ServerBinary",
+    "bus_resubscribed",
+    "invalidations_received",
 )
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 in tests/unit/test_bus.py).
 
 Rules: stacks share a real redis-server on a channel of their own; a test waits for a
-peer's message with the listener's ``wait_received``, never with sleeps. A message
+peer's message with ``layercache.testing.invalidations_received``, never with sleeps. A message
 counted as received is already applied to the local layers: nothing more to wait for.
 """
 
@@ -22,6 +22,7 @@ from layercache._listener import InvalidationListener
 from layercache._redis._address import parse_redis_url
 from layercache._redis._connection import Connection
 from layercache._redis._transport import Transport
+from layercache.testing import bus_resubscribed, invalidations_received
 
 SECRET = b"a shared secret of some length"
 
@@ -51,14 +52,14 @@ async def _stacks(
 
 
 def _listener(cache: CacheStack) -> InvalidationListener:
-    listener = cache._listener
+    listener = cache._parts.listener
     assert listener is not None
     return listener
 
 
 async def _delivered(cache: CacheStack, count: int) -> None:
     with anyio.fail_after(10):
-        await _listener(cache).wait_received(count)
+        await invalidations_received(cache, count)
 
 
 def _in_l1(cache: CacheStack, key: str) -> bool:
@@ -162,7 +163,7 @@ async def test_resubscription_after_a_redis_restart_clears_l1(own_redis_server: 
         own_redis_server.kill()
         own_redis_server.start()
         with anyio.fail_after(20):
-            await _listener(b).wait_resubscribed(1)
+            await bus_resubscribed(b, 1)
         assert not _in_l1(b, "k")  # it may have missed an invalidation: L1 starts over
 
 

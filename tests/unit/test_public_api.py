@@ -58,4 +58,6 @@ def test_testing_all() -> None:
         "RedisServer",
         "RedisServerError",
         "ServerBinary",
+        "bus_resubscribed",
+        "invalidations_received",
     )
