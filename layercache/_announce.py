@@ -50,7 +50,7 @@ class Announcer:
             return
         # Skipped, failed or refused with the change (which may still have published
         # it): once more on the bus's own connection. Peers drop keys twice, harmlessly.
-        await self._parts.guard(listener).call(listener.publish, messages, write=True)
+        await self._parts.guards[listener].call(listener.publish, messages, write=True)
 
 
 def carrier_of(layers: Sequence[Layer], bus: RedisInvalidationBus | None) -> RedisLayer | None:

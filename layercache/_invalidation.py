@@ -16,7 +16,7 @@ here or arrived from another stack on the bus:
 Slower layers go first so that a reader cannot copy an entry from them into a local
 layer that has already been cleared; the fences before and after keep loads in flight
 from writing back what was invalidated. A new kind of invalidation is one more class
-here and its bus operation.
+here, plus its bus operation (the message format in ``_bus`` and :func:`from_message`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from ._single_flight import SingleFlight
 
 class Invalidation(ABC):
     """One invalidation: its fence, its effect on a layer, its bus messages."""
+
+    __slots__ = ()
 
     carried: ClassVar[bool] = True
     """Whether a carrier layer can send the bus messages with the remote change."""
@@ -61,6 +63,8 @@ class Invalidation(ABC):
 class DropKeys(Invalidation):
     """``delete``/``delete_many``, and what a ``set`` elsewhere means here."""
 
+    __slots__ = ("keys",)
+
     def __init__(self, keys: Sequence[str]) -> None:
         self.keys = keys
 
@@ -85,6 +89,8 @@ class DropKeys(Invalidation):
 class DropTag(Invalidation):
     """``invalidate_by_tag``: every entry carrying the tag."""
 
+    __slots__ = ("tag",)
+
     def __init__(self, tag: str) -> None:
         self.tag = tag
 
@@ -106,6 +112,7 @@ class DropTag(Invalidation):
 class DropAll(Invalidation):
     """``clear``, and a resubscribed bus (messages may have been missed)."""
 
+    __slots__ = ()
     carried = False  # a clear is many requests (SCAN): announced after them
 
     def fence(self, single_flight: SingleFlight) -> None:
@@ -149,7 +156,7 @@ class InvalidationPath:
         change.fence(parts.single_flight)
         for layer in parts.remote:
             carried = announce if self._announcer.carrier(layer, announce) else None
-            guard = parts.guard(layer)
+            guard = parts.guards[layer]
             found = await guard.call(change.apply_remote, layer, carried, write=True)
             if not isinstance(found, Skipped):
                 removed.update(found)

@@ -48,7 +48,10 @@ class Layer(ABC):
 
         :raises SerializationError: the layer cannot encode the value.
         """
-        return Record.new(self.encode(value), now, self.ttl if ttl is None else ttl, tags)
+        if ttl is None:
+            ttl = self.ttl
+        until = None if ttl is None else now + ttl
+        return Record(self.encode(value), until, until, tags)
 
     def backfill(self, found: Record, now: float) -> Record:
         """This layer's copy of ``found``, a record read from a slower layer: never

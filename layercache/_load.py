@@ -102,7 +102,7 @@ class LoadPath:
         async def fetch(token: str | None) -> Outcome:
             return await self._fetch(flight, token)
 
-        guard = self._parts.guard(distributed)
+        guard = self._parts.guards[distributed]
         return await distributed.load_once(flight.key, flight.tags, guard, read, fetch)
 
     async def _fetch(self, flight: Flight, token: str | None) -> Outcome:
@@ -117,7 +117,7 @@ class LoadPath:
         except Exception:
             tally.fetch_errors += 1
             raise
-        writes = self._writes.encode({flight.key: value}, flight.ttl, flight.tags)
+        writes = self._writes.encode(flight.key, value, flight.ttl, flight.tags)
         if not await self._writes.store(flight, writes, token):
             tally.stale_loads += 1
         return value, None

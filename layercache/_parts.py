@@ -77,10 +77,6 @@ class Parts:
         """Each remote part's (layer, bus listener, coordinator) health guard."""
         self.listener: InvalidationListener | None = None
 
-    def guard(self, part: object) -> LayerHealth:
-        """The health guard of a remote ``part`` (made when the stack started it)."""
-        return self.guards[part]
-
     @property
     def graceful(self) -> bool:
         return self.degradation is not None

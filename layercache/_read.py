@@ -1,11 +1,15 @@
 """The read path: one walk over the layers, with one backfill-and-fence rule.
 
 **The rule.** A read copies what it found into the faster layers it missed in (the
-*backfill*) only if no fence has run since the read began: no write and no
-invalidation of any key (``SingleFlight.fence_count`` unchanged since the read took it,
-before it sent anything). A fence means the record found may be older than what the
-change left behind, and a copy would bring the old value back into a layer the change
-has already passed. Skipping a copy costs one more read later; nothing else.
+*backfill*) only if no fence that could touch the key has run since the read began.
+A fence means the record found may be older than what the change left behind, and a
+copy would bring the old value back into a layer the change has already passed.
+Skipping a copy costs one more read later; nothing else. What "since the read began"
+means is the read's :data:`Since`, taken before it sends anything: the flights it
+answers, where it has them (a fence marks exactly the flights it could make stale: its
+keys', or every read's for a tag or a clear), or else ``SingleFlight.fence_count``,
+which any fence advances (a load, whose entry's tags are known only once it is found,
+and ``get_many``).
 
 Every read uses it: the caller's synchronous walk over the local layers in front
 (:meth:`ReadPath.read_local`, no await, so no fence can come between), the walk over
@@ -24,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ._exceptions import LayerUnavailableError
-from ._health import Skipped
+from ._health import LayerHealth, Skipped
 from ._layer import Layer, LocalLayer
 from ._parts import Parts
 from ._record import Record
@@ -36,6 +40,9 @@ logger = logging.getLogger("layercache.stack")
 L = TypeVar("L", bound=Layer)
 Found = dict[str, tuple[Record, str]]
 """Key → the record found and the name of the layer it came from."""
+Since = int | Mapping[str, Flight]
+"""When a read began, for the backfill rule: the fence count then, or the flights (by
+key) the read answers."""
 
 
 class ReadPath:
@@ -60,7 +67,7 @@ class ReadPath:
                 return record.value
         return MISSING
 
-    async def read(self, keys: Sequence[str], since: int, start: int = 0) -> Found:
+    async def read(self, keys: Sequence[str], since: Since, start: int = 0) -> Found:
         """The walk: each layer from ``start`` on is read once for the keys still
         missing; what it has is backfilled (by the rule, against ``since``)."""
         found: Found = {}
@@ -96,8 +103,8 @@ class ReadPath:
 
     async def read_flights(self, flights: list[Flight]) -> list[Outcome]:
         """Reading loads (no fetcher), batched: each layer is read once for all keys."""
-        since = self._single_flight.fence_count
-        found = await self.read([flight.key for flight in flights], since)
+        by_key = {flight.key: flight for flight in flights}  # the newest of a key's
+        found = await self.read(list(by_key), by_key)
         outcomes: list[Outcome] = []
         for flight in flights:
             hit = found.get(flight.key)
@@ -107,30 +114,38 @@ class ReadPath:
     async def _read_layer(self, layer: Layer, keys: Sequence[str]) -> dict[str, Record]:
         if isinstance(layer, LocalLayer):
             return layer.get_many_nowait(keys)
-        answer = await self._parts.guard(layer).call(layer.get_many, keys)
+        answer = await self._parts.guards[layer].call(layer.get_many, keys)
         return {} if isinstance(answer, Skipped) else answer
 
     # -- the backfill rule -------------------------------------------------------------
 
+    def _unfenced(self, records: Mapping[str, Record], since: Since) -> Mapping[str, Record]:
+        """The rule: the records no fence has overtaken since the read began."""
+        if isinstance(since, int):
+            return records if self._single_flight.fence_count == since else {}
+        return {key: record for key, record in records.items() if not since[key].stale}
+
     def _copies(
-        self, faster: Sequence[L], records: Mapping[str, Record], since: int
+        self, faster: Sequence[L], records: Mapping[str, Record], since: Since
     ) -> Iterator[tuple[L, dict[str, Record]]]:
-        """Each faster layer's copies of ``records``: none at all once a fence has run
-        since ``since``."""
-        if self._single_flight.fence_count != since:
+        """Each faster layer's copies of the records the rule lets through."""
+        allowed = self._unfenced(records, since)
+        if not allowed:
             return
         now = self._parts.clock()
         for layer in faster:
-            yield layer, {key: layer.backfill(record, now) for key, record in records.items()}
+            yield layer, {key: layer.backfill(record, now) for key, record in allowed.items()}
 
-    async def _copy_up(self, index: int, records: Mapping[str, Record], since: int) -> None:
+    async def _copy_up(self, index: int, records: Mapping[str, Record], since: Since) -> None:
+        if not index:
+            return
         for layer, copies in self._copies(self._layers[:index], records, since):
             if isinstance(layer, LocalLayer):
                 layer.write_many_nowait(copies)
             else:
-                await self._parts.guard(layer).call(layer.write_many, copies, write=True)
+                await self._parts.guards[layer].call(layer.write_many, copies, write=True)
 
-    def _copy_up_now(self, index: int, records: Mapping[str, Record], since: int) -> None:
+    def _copy_up_now(self, index: int, records: Mapping[str, Record], since: Since) -> None:
         """:meth:`_copy_up` where every faster layer is local (no await)."""
         if index:
             for layer, copies in self._copies(self._local[:index], records, since):
@@ -150,15 +165,15 @@ class ReadPath:
         layer = self._parts.direct
         if layer is None:
             raise RuntimeError("no layer to read directly from")
-        guard = self._parts.guard(layer)
+        guard = self._parts.guards[layer]
         single_flight = self._single_flight
         probe = guard.admit()
         if probe is None:
             refused = guard.not_sent()
             single_flight.complete(flight, _missing_if_skipped(refused))
             return False
-        since = single_flight.fence_count
         key = flight.key
+        since = {key: flight}
         index = len(self._local)
 
         def finish(result: tuple[dict[str, Record], list[str]] | LayerUnavailableError) -> None:
@@ -186,12 +201,11 @@ class ReadPath:
                 logger.exception("completing a read of %r failed", key)
                 single_flight.complete(flight, error)
 
-        return await self._send_direct(layer, flight, done, probe)
+        return await self._send_direct(layer, guard, flight, done, probe)
 
     async def _send_direct(
-        self, layer: RedisLayer, flight: Flight, done: ReadDone, probe: bool
+        self, layer: RedisLayer, guard: LayerHealth, flight: Flight, done: ReadDone, probe: bool
     ) -> bool:
-        guard = self._parts.guard(layer)
         single_flight = self._single_flight
         try:
             delivered = await layer.read_now((flight.key,), done)

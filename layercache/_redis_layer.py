@@ -538,7 +538,7 @@ class RedisLayer(Layer):
     def unavailable(self, error: BaseException) -> LayerUnavailableError:
         """Count a failed direct read and say so as the layer's error (cause chained)."""
         self._errors += 1
-        translated = LayerUnavailableError(self.name, str(error))
+        translated = unavailable(self.name, error)
         translated.__cause__ = error
         return translated
 
@@ -592,7 +592,8 @@ class RedisLayer(Layer):
         if not isinstance(body, bytes):
             body = self.encode(body)
         until = record.stale_until
-        ttl_ms = 0 if until is None else max(1, math.ceil((until - now) * 1000))
+        # Whole milliseconds, rounded up, ignoring float dust (now + 5 - now > 5).
+        ttl_ms = 0 if until is None else max(1, math.ceil(round((until - now) * 1000, 6)))
         tags = sorted(record.tags)
         keys = [self.keys.values + key, self.keys.key_tags + key]
         keys.extend(self.keys.tag_sets + tag for tag in tags)

@@ -8,10 +8,13 @@ number of callers waiting on each, and for each load whether it went stale.
 
 Takes no messages over a channel: its task is the task group every load runs in, which
 lives in the stack's task group. The stack's paths call its synchronous handlers
-(``join``, ``gather``, ``complete``, the fences) from the caller's task, the transport's
-reader task (a direct read's completion) or the listener's (a fence for a bus message):
-one thread, and no handler awaits, so they never interleave; ``join`` starts the load's
-task directly, since a channel hop per load cost more than the load.
+(``join``, ``launch``, ``gather``, ``complete``, the fences) from the caller's task, the
+transport's reader task (a direct read's completion) or the listener's (a fence for a
+bus message):
+one thread, and no handler awaits, so they never interleave. ``join`` only registers a
+flight (so the handlers run without a loop, in tests); ``launch`` starts its work, a
+load's task straight into the task group, since a channel hop per load cost more than
+the load.
 No load ever runs in a caller's task, so cancelling a caller (the first one included)
 cannot cancel a load; a load whose callers have all gone runs to completion and fills
 the cache; the stack's exit cancels every load, and their callers get
@@ -219,7 +222,8 @@ class SingleFlight:
             loads.start_soon(function, *args)
 
     def complete(self, flight: Flight, outcome: Outcome | BaseException) -> None:
-        """Finish a direct read: answer its callers and forget it."""
+        """Finish a flight that has no task of its own (a direct read, or one that could
+        not start): answer its callers and forget it."""
         if isinstance(outcome, BaseException):
             flight.reply.fail(outcome)
         else:

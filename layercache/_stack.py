@@ -226,7 +226,7 @@ class CacheStack:
         self._check_open()
         checked_ttl, checked_tags = check_ttl(ttl), check_tags(tags)
         checked_key = check_key(key)  # after them, as set_many checks its keys
-        writes = self._writes.encode({checked_key: value}, checked_ttl, checked_tags)
+        writes = self._writes.encode(checked_key, value, checked_ttl, checked_tags)
         await self._writes.write((checked_key,), writes)
 
     async def set_many(
@@ -244,7 +244,8 @@ class CacheStack:
         checked_ttl = check_ttl(ttl)
         checked_tags = check_tags(tags)
         keys = check_keys(mapping.keys())
-        writes = self._writes.encode({key: mapping[key] for key in keys}, checked_ttl, checked_tags)
+        values = {key: mapping[key] for key in keys}
+        writes = self._writes.encode_many(values, checked_ttl, checked_tags)
         await self._writes.write(keys, writes)
 
     # -- invalidations -----------------------------------------------------------------

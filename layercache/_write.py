@@ -9,10 +9,11 @@
 3. Announce the keys on the bus: with the change where a carrier layer takes it
    (see :mod:`._announce`), else on the bus's own connection.
 
-A load's result is stored the same way without the announcement (nothing changed that
-another instance holds) and only while its flight is not stale; under the distributed
-coordinator's lock, the lock's layer writes only if the lock is still ours, and then so
-do the others.
+A load's result (:meth:`WritePath.store`) is encoded the same way and written remote
+then local, with neither fences nor an announcement (it changes nothing that another
+stack holds): it is written only while its flight is not stale, and under the
+distributed coordinator's lock the lock's layer writes only if the lock is still ours,
+and then so do the others.
 """
 
 from __future__ import annotations
@@ -36,22 +37,23 @@ class WritePath:
         self._parts = parts
         self._announcer = announcer
 
-    def encode(
-        self, values: Mapping[str, object], ttl: float | None, tags: frozenset[str]
-    ) -> Writes:
-        """Every layer's records for ``values`` (checked keys), encoded now.
+    def encode(self, key: str, value: object, ttl: float | None, tags: frozenset[str]) -> Writes:
+        """Every layer's record of ``value`` for ``key`` (checked), encoded now.
 
-        :raises SerializationError: a layer cannot encode a value; nothing is written.
+        :raises SerializationError: a layer cannot encode it; nothing is written.
         """
         now = self._parts.clock()
-        layers = self._parts.layers
-        if len(values) == 1:  # set(): no loop over the keys
-            ((key, value),) = values.items()
-            return {layer: {key: layer.record(value, now, ttl, tags)} for layer in layers}
-        writes: Writes = {layer: {} for layer in layers}
+        return {layer: {key: layer.record(value, now, ttl, tags)} for layer in self._parts.layers}
+
+    def encode_many(
+        self, values: Mapping[str, object], ttl: float | None, tags: frozenset[str]
+    ) -> Writes:
+        """:meth:`encode` for several keys at once (all encoded before any is written)."""
+        now = self._parts.clock()
+        writes: Writes = {layer: {} for layer in self._parts.layers}
         for key, value in values.items():
-            for layer in layers:
-                writes[layer][key] = layer.record(value, now, ttl, tags)
+            for layer, records in writes.items():
+                records[key] = layer.record(value, now, ttl, tags)
         return writes
 
     async def write(self, keys: Sequence[str], writes: Writes) -> None:
@@ -87,7 +89,7 @@ class WritePath:
         lock_layer = parts.lock_layer
         if token is not None and lock_layer is not None and parts.distributed is not None:
             ((key, record),) = writes[lock_layer].items()
-            guard = parts.guard(lock_layer)
+            guard = parts.guards[lock_layer]
             stored = await guard.call(lock_layer.write_locked, key, record, token, write=True)
             if stored is False:
                 parts.distributed.lost_lock()
@@ -95,7 +97,7 @@ class WritePath:
         for layer in parts.remote:
             if token is not None and layer is lock_layer:
                 continue
-            guard = parts.guard(layer)
+            guard = parts.guards[layer]
             carrier = self._announcer.carrier(layer, announce)
             if carrier is not None:
                 await guard.call(carrier.write_many, writes[layer], announce, write=True)

@@ -22,7 +22,7 @@ from .._validation import check_duration
 from ._adapter import ClientTransport
 from ._address import RedisAddress, parse_redis_url
 from ._connection import Command
-from ._errors import RedisConfigurationError, RedisError, RedisReplyError
+from ._errors import RedisConfigurationError, RedisReplyError
 from ._subscription import ClientSubscription, ConnectionSubscription, Subscription
 from ._transport import Transport
 
@@ -105,7 +105,7 @@ class RedisEndpoint:
         return await ClientSubscription.open(self.client, channel)
 
 
-def unavailable(name: str, error: RedisError) -> LayerUnavailableError:
+def unavailable(name: str, error: BaseException) -> LayerUnavailableError:
     """What ``name``'s owner raises for ``error`` (raise it ``from error``)."""
     return LayerUnavailableError(name, str(error))
 

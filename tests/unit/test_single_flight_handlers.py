@@ -190,3 +190,34 @@ async def test_an_unfenced_read_copies_up() -> None:
         assert await cache.get_many(["k"]) == {"k": "value"}
         copied = memory.get_many_nowait(["k"])["k"]
         assert (copied.value, copied.tags) == ("value", frozenset({"t"}))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("change", ["set", "delete"])
+async def test_a_read_for_a_flight_is_fenced_by_its_own_key_only(change: str) -> None:
+    memory, held = MemoryLayer(), HeldLayer()
+    async with CacheStack([memory, held], clock=FakeClock()) as cache:
+        held.records["k"] = Record.new("old", held.clock(), None)
+        held.records["j"] = Record.new("j", held.clock(), None)
+        results: dict[str, object] = {}
+
+        async def read(key: str) -> None:
+            results[key] = await cache.get(key)  # a reading flight each, one batch
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read, "k")
+            tasks.start_soon(read, "j")
+            await held.reading.wait()
+            await anyio.wait_all_tasks_blocked()
+            if change == "set":
+                await cache.set("k", "new")
+            else:
+                await cache.delete("k")
+            held.release.set()
+        assert results == {"k": "old", "j": "j"}  # each asked before the change
+        in_memory = memory.get_many_nowait(["k", "j"])
+        assert in_memory["j"].value == "j"  # another key's change does not stop its copy
+        if change == "set":
+            assert in_memory["k"].value == "new"  # the read's old value was not copied over
+        else:
+            assert "k" not in in_memory
