@@ -6,13 +6,23 @@ commands go in the same batch, right after the change, so peers hear one round t
 sooner and never before Redis has it (one connection runs its commands in order).
 Otherwise, or when the carried publish was skipped, failed or refused, the listener
 publishes them on the bus's own connection after the change.
+
+One deadline per call: the change and its announcement together wait at most the
+slowest remote layer's ``timeout`` (the bus's own ``timeout`` where no layer has one).
+An announcement with no time left is not dropped: the listener keeps it and publishes
+it as soon as it can. So is one whose change had an unknown outcome (a write that
+failed after it may have reached Redis), whatever stopped it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import anyio
+
 from ._bus import BusMessage, RedisInvalidationBus
+from ._exceptions import LayerUnavailableError
+from ._health import Skipped
 from ._layer import Layer
 from ._parts import Parts
 from ._redis_layer import Announcement, RedisLayer
@@ -24,6 +34,15 @@ class Announcer:
     def __init__(self, parts: Parts) -> None:
         self._parts = parts
         self._carrier = carrier_of(parts.layers, parts.bus)
+        timeouts = [getattr(layer, "timeout", None) for layer in parts.remote]
+        known = [timeout for timeout in timeouts if isinstance(timeout, float)]
+        bus_timeout = parts.bus.timeout if parts.bus is not None else 1.0
+        self._budget = max(known) if known else bus_timeout
+        """Seconds a change and its announcement may wait for Redis, together."""
+
+    def deadline(self) -> float:
+        """The deadline of a change starting now, on the loop's clock."""
+        return anyio.current_time() + self._budget
 
     def announcement(self, messages: Sequence[BusMessage]) -> Announcement | None:
         """The PUBLISH commands for ``messages``, for the carrier to send with the
@@ -39,18 +58,41 @@ class Announcer:
         return carrier if announce is not None and layer is carrier else None
 
     async def send(
-        self, messages: Sequence[BusMessage], announce: Announcement | None = None
+        self,
+        messages: Sequence[BusMessage],
+        deadline: float,
+        announce: Announcement | None = None,
+        *,
+        surely: bool = False,
     ) -> None:
-        """Tell the other stacks, unless ``announce`` already did (with the change)."""
+        """Tell the other stacks by ``deadline``, unless ``announce`` already did (with
+        the change); what cannot go by then is kept for later.
+
+        ``surely``: the change's outcome is unknown, so its announcement must not be
+        lost: kept for later too when the bus fails or is skipped, and nothing raised.
+
+        :raises LayerUnavailableError: the bus failed (strict mode, not ``surely``).
+        """
         listener = self._parts.listener
         if listener is None or not messages:
             return
         if announce is not None and announce.sent:
             listener.carried(len(messages))
             return
+        if anyio.current_time() >= deadline:
+            listener.publish_later(messages)  # the call's time is up: not lost, later
+            return
         # Skipped, failed or refused with the change (which may still have published
         # it): once more on the bus's own connection. Peers drop keys twice, harmlessly.
-        await self._parts.guards[listener].call(listener.publish, messages, write=True)
+        guard = self._parts.guards[listener]
+        try:
+            outcome = await guard.call(listener.publish, messages, deadline, write=True)
+        except LayerUnavailableError:
+            if not surely:
+                raise
+            outcome = None
+        if surely and (outcome is None or isinstance(outcome, Skipped)):
+            listener.publish_later(messages)
 
 
 def carrier_of(layers: Sequence[Layer], bus: RedisInvalidationBus | None) -> RedisLayer | None:

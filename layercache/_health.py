@@ -50,7 +50,18 @@ class Skipped:
         return "SKIPPED"
 
 
+class Failed(Skipped):
+    """What a guarded request returns when graceful mode skipped its failure: it was
+    sent, so whether it took effect is unknown."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FAILED"
+
+
 SKIPPED = Skipped()
+FAILED = Failed()
 
 
 class LayerHealth:
@@ -117,8 +128,9 @@ class LayerHealth:
 
         Strict mode: a failure raises :class:`LayerUnavailableError` (cause chained),
         and an open breaker refuses at once. Graceful mode: a failing, degraded or open
-        part is skipped (:data:`SKIPPED`); a skipped ``write`` (a write, delete or
-        publish) is counted as dropped.
+        part is skipped (:data:`SKIPPED` if nothing was sent, :data:`FAILED` if it was
+        sent and failed); a skipped ``write`` (a write, delete or publish) is counted as
+        dropped.
         """
         probe = self.admit()
         if probe is None:
@@ -129,8 +141,8 @@ class LayerHealth:
         try:
             result = await request(*args)
         except LayerUnavailableError as error:
-            if self.lost(error, probe, write) is SKIPPED:
-                return SKIPPED
+            if self.lost(error, probe, write) is FAILED:
+                return FAILED
             raise
         except BaseException:
             self.abandoned(probe)
@@ -148,13 +160,13 @@ class LayerHealth:
 
     def lost(
         self, error: LayerUnavailableError, probe: bool, write: bool = False
-    ) -> Skipped | LayerUnavailableError:
+    ) -> Failed | LayerUnavailableError:
         """A request that failed with ``error``: counted (see :meth:`failed`); what its
         caller gets instead (the error itself in strict mode)."""
         self.failed(error, probe)
         if self.degradation is not None:
             self.dropped += write
-            return SKIPPED
+            return FAILED
         return error
 
     # -- transitions -------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 from ._announce import Announcer
 from ._bus import BusMessage, split_keys
+from ._exceptions import LayerUnavailableError
 from ._health import Skipped
 from ._layer import Layer, LocalLayer
 from ._parts import Parts
@@ -148,23 +149,43 @@ class InvalidationPath:
 
     async def run(self, change: Invalidation) -> int:
         """Apply ``change`` everywhere and announce it; the distinct keys it removed,
-        as far as this stack could see (the kinds that count them)."""
+        as far as this stack could see (the kinds that count them).
+
+        A remote layer that fails (strict mode) stops the remote part, but the change is
+        still applied to the local layers and announced surely before the error is
+        raised: whatever the failed layer did, no instance serves the old entries from
+        memory.
+
+        :raises LayerUnavailableError: a remote layer failed (strict mode).
+        """
         parts = self._parts
+        deadline = self._announcer.deadline()
         messages = change.messages(parts.origin)
         announce = self._announcer.announcement(messages) if change.carried else None
         removed: set[str] = set()
         change.fence(parts.single_flight)
+        try:
+            await self._apply_remote(change, announce, removed)
+        except LayerUnavailableError:
+            self.apply_here(change)
+            await self._announcer.send(messages, deadline, surely=True)
+            raise
+        change.fence(parts.single_flight)
+        for local in parts.every_local:
+            removed.update(change.apply_local(local))
+        await self._announcer.send(messages, deadline, announce)
+        return len(removed)
+
+    async def _apply_remote(
+        self, change: Invalidation, announce: Announcement | None, removed: set[str]
+    ) -> None:
+        parts = self._parts
         for layer in parts.remote:
             carried = announce if self._announcer.carrier(layer, announce) else None
             guard = parts.guards[layer]
             found = await guard.call(change.apply_remote, layer, carried, write=True)
             if not isinstance(found, Skipped):
                 removed.update(found)
-        change.fence(parts.single_flight)
-        for local in parts.every_local:
-            removed.update(change.apply_local(local))
-        await self._announcer.send(messages, announce)
-        return len(removed)
 
     def receive(self, message: BusMessage) -> None:
         """Another stack changed something: drop it here (the listener calls this)."""

@@ -48,6 +48,9 @@ logger = logging.getLogger("layercache.listener")
 
 RESUBSCRIBE_FIRST = 0.05
 RESUBSCRIBE_MAX = 5.0
+MAX_DEFERRED = 1_000
+"""Messages kept for publishing later at most; past that they become one ``clear``
+(peers drop everything: coarser, never wrong)."""
 
 
 class InvalidationListener:
@@ -77,6 +80,11 @@ class InvalidationListener:
         self.ignored = 0
         self.rejected: Counter[str] = Counter()
         self.resubscriptions = WatchedCount()
+        self.deferred = 0
+        """Messages that could not be published with their change and were kept for
+        later (see :meth:`publish_later`)."""
+        self._later: list[BusMessage] = []
+        self._later_added: anyio.Event | None = None
         self._started_once = False
 
     def __repr__(self) -> str:
@@ -96,7 +104,9 @@ class InvalidationListener:
         async with self.bus.endpoint.transport(self.name) as publisher:
             self._publisher = publisher
             try:
-                await self._listen(task_status)
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._publish_deferred)
+                    await self._listen(task_status)
             finally:
                 self._publisher = None
 
@@ -199,23 +209,59 @@ class InvalidationListener:
         except Exception:  # a bug in applying must not stop the listener
             logger.exception("applying a bus message failed")
 
-    async def publish(self, messages: Sequence[BusMessage]) -> None:
-        """Publish ``messages`` in one round trip.
+    async def publish(self, messages: Sequence[BusMessage], deadline: float | None = None) -> None:
+        """Publish ``messages`` in one round trip, by ``deadline`` (on the loop's clock)
+        if it comes before the bus's ``timeout`` does.
 
-        :raises LayerUnavailableError: Redis could not take them.
+        :raises LayerUnavailableError: Redis could not take them in time.
         """
         publisher = self._publisher
         if publisher is None:
             raise LayerUnavailableError(self.name, "the bus is not running")
         commands = self.publish_commands(messages)
+        own = anyio.current_time() + self.bus.timeout
+        if deadline is not None:
+            own = min(own, deadline)
         try:
-            # The transport fails the batch at its deadline (the bus's timeout): no
-            # cancel scope of our own needed.
-            replies = await publisher.call(commands)
+            # The transport fails the batch at its deadline: no cancel scope needed.
+            replies = await publisher.call(commands, own)
         except RedisError as error:
             raise unavailable(self.name, error) from error
         check_replies(self.name, replies)
         self.sent += len(messages)
+
+    def publish_later(self, messages: Sequence[BusMessage]) -> None:
+        """Keep ``messages`` for the actor to publish as soon as Redis takes them: the
+        announcement of a change whose outcome is unknown must reach the peers even
+        when the bus cannot take it now. Bounded by :data:`MAX_DEFERRED`."""
+        self.deferred += len(messages)
+        if len(self._later) + len(messages) > MAX_DEFERRED:
+            logger.warning("too many bus messages waiting: telling the peers to clear instead")
+            self._later = [BusMessage(self.origin, "clear")]
+        else:
+            self._later.extend(messages)
+        added, self._later_added = self._later_added, None
+        if added is not None:
+            added.set()
+
+    async def _publish_deferred(self) -> None:
+        """Publish what :meth:`publish_later` kept, retrying with jittered back-off
+        until Redis takes it."""
+        delay = RESUBSCRIBE_FIRST
+        while True:
+            while not self._later:
+                added = self._later_added = anyio.Event()
+                await added.wait()
+            messages, self._later = self._later, []
+            try:
+                await self.publish(messages)
+            except LayerUnavailableError as error:
+                logger.debug("could not publish %d kept bus messages: %s", len(messages), error)
+                self._later = messages + self._later
+                await anyio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, RESUBSCRIBE_MAX)
+            else:
+                delay = RESUBSCRIBE_FIRST
 
     def publish_commands(self, messages: Sequence[BusMessage]) -> list[Command]:
         """The PUBLISH commands for ``messages``: what :meth:`publish` sends, and what a

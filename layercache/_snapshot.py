@@ -54,6 +54,7 @@ def snapshot(parts: Parts, fast_hits: int, open_: bool) -> CacheStatistics:
         invalidations_carried=listener.carried_sent if listener else 0,
         invalidations_received=listener.received.value if listener else 0,
         invalidations_rejected=sum(listener.rejected.values()) if listener else 0,
+        invalidations_deferred=listener.deferred if listener else 0,
         bus_state=_bus_state(parts),
         layers=tuple(_layers(parts, fast_hits)),
         coordinator=_coordinator(parts, open_),

@@ -126,6 +126,10 @@ class CacheStatistics:
     """Bus messages from other stacks applied to the local layers."""
     invalidations_rejected: int = 0
     """Bus messages dropped: malformed, oversized, unsigned or forged."""
+    invalidations_deferred: int = 0
+    """Bus messages that could not go out with their change (the call's time was up, or
+    the change's outcome was unknown and the bus failed) and were kept to be published
+    as soon as Redis takes them."""
     bus_state: str | None = None
     """The bus as the stack sees it (``healthy``, ``degraded``, ``open``, …,
     ``unsubscribed``); None without a bus."""

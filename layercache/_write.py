@@ -7,7 +7,12 @@
    entry up meanwhile is overwritten, and a load that read the old state can never
    write it back afterwards (see the read path's rule).
 3. Announce the keys on the bus: with the change where a carrier layer takes it
-   (see :mod:`._announce`), else on the bus's own connection.
+   (see :mod:`._announce`), else on the bus's own connection, within the call's one
+   deadline.
+
+A remote write that fails after it may have reached Redis has an unknown outcome: the
+keys are then dropped from the local layers (instead of written) and the drop is
+announced surely, so no instance goes on serving the old value.
 
 A load's result (:meth:`WritePath.store`) is encoded the same way and written remote
 then local, with neither fences nor an announcement (it changes nothing that another
@@ -18,10 +23,13 @@ and then so do the others.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 
 from ._announce import Announcer
-from ._bus import split_keys
+from ._bus import BusMessage, split_keys
+from ._exceptions import LayerUnavailableError
+from ._health import FAILED
 from ._layer import Layer
 from ._parts import Parts
 from ._record import Record
@@ -30,6 +38,19 @@ from ._single_flight import Flight
 
 Writes = dict[Layer, dict[str, Record]]
 """Each layer's records to write, values encoded by that layer."""
+
+
+class Outcome(enum.Enum):
+    """How the remote part of a write went."""
+
+    STORED = "stored"
+    UNKNOWN = "unknown"
+    """A remote write failed (graceful mode) after it may have reached Redis."""
+    LOCK_LOST = "lock lost"
+    """The single-flight lock was no longer ours: nothing was written."""
+
+
+STORED, UNKNOWN, LOCK_LOST = Outcome.STORED, Outcome.UNKNOWN, Outcome.LOCK_LOST
 
 
 class WritePath:
@@ -57,22 +78,47 @@ class WritePath:
         return writes
 
     async def write(self, keys: Sequence[str], writes: Writes) -> None:
-        """Store ``writes`` (checked, encoded), then tell the other stacks about ``keys``."""
+        """Store ``writes`` (checked, encoded), then tell the other stacks about ``keys``.
+
+        A remote write that failed after it may have reached Redis leaves the outcome
+        unknown: the keys are dropped from the local layers instead of written, and the
+        drop is announced surely (see :meth:`Announcer.send`); strict mode then raises.
+        """
         single_flight = self._parts.single_flight
+        deadline = self._announcer.deadline()
         messages = split_keys(self._parts.origin, keys)
         announce = self._announcer.announcement(messages)
         single_flight.fence_keys(keys)
-        await self._write_remote(writes, announce=announce)
+        try:
+            outcome = await self._write_remote(writes, announce=announce)
+        except LayerUnavailableError:
+            await self._drop_everywhere(keys, messages, deadline)
+            raise
+        if outcome is UNKNOWN:
+            await self._drop_everywhere(keys, messages, deadline)
+            return
         single_flight.fence_keys(keys)
         self._write_local(writes)
-        await self._announcer.send(messages, announce)
+        await self._announcer.send(messages, deadline, announce)
+
+    async def _drop_everywhere(
+        self, keys: Sequence[str], messages: Sequence[BusMessage], deadline: float
+    ) -> None:
+        """A write with an unknown outcome: no local layer, here or on another instance,
+        may go on serving what the keys held before."""
+        self._parts.single_flight.fence_keys(keys)
+        for layer in self._parts.every_local:
+            layer.delete_many_nowait(keys)
+        await self._announcer.send(messages, deadline, surely=True)
 
     async def store(self, flight: Flight, writes: Writes, token: str | None) -> bool:
         """Store a load's result unless a change made its flight stale; False if it was
         not stored. Stale before the remote write: nothing is written. Stale during it:
         the remote layers got it just before the change reached them, and the change
-        itself removes it there; the local layers are not written."""
-        if flight.stale or not await self._write_remote(writes, token):
+        itself removes it there; the local layers are not written. (A remote write with
+        an unknown outcome is no reason not to keep the value here: a load announces
+        nothing, and another instance holds no newer value because of it.)"""
+        if flight.stale or await self._write_remote(writes, token) is LOCK_LOST:
             return False
         if flight.stale:
             return False
@@ -81,29 +127,34 @@ class WritePath:
 
     async def _write_remote(
         self, writes: Writes, token: str | None = None, *, announce: Announcement | None = None
-    ) -> bool:
-        """Write the layers that need I/O, each through its guard. With a lock
-        ``token``, the lock's layer first: False if the lock was no longer ours (then
-        no layer is written)."""
+    ) -> Outcome:
+        """Write the layers that need I/O, each through its guard: ``UNKNOWN`` if one
+        failed in graceful mode. With a lock ``token``, the lock's layer first:
+        ``LOCK_LOST`` if the lock was no longer ours (then no layer is written)."""
         parts = self._parts
         lock_layer = parts.lock_layer
+        outcome = STORED
         if token is not None and lock_layer is not None and parts.distributed is not None:
             ((key, record),) = writes[lock_layer].items()
             guard = parts.guards[lock_layer]
             stored = await guard.call(lock_layer.write_locked, key, record, token, write=True)
             if stored is False:
                 parts.distributed.lost_lock()
-                return False
+                return LOCK_LOST
+            if stored is FAILED:
+                outcome = UNKNOWN
         for layer in parts.remote:
             if token is not None and layer is lock_layer:
                 continue
             guard = parts.guards[layer]
             carrier = self._announcer.carrier(layer, announce)
             if carrier is not None:
-                await guard.call(carrier.write_many, writes[layer], announce, write=True)
+                done = await guard.call(carrier.write_many, writes[layer], announce, write=True)
             else:
-                await guard.call(layer.write_many, writes[layer], write=True)
-        return True
+                done = await guard.call(layer.write_many, writes[layer], write=True)
+            if done is FAILED:
+                outcome = UNKNOWN
+        return outcome
 
     def _write_local(self, writes: Writes) -> None:
         for layer in self._parts.every_local:

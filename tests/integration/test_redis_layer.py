@@ -28,7 +28,7 @@ from layercache import (
 from layercache._redis._address import parse_redis_url
 from layercache._redis._transport import Transport
 from layercache._validation import MAX_TTL
-from layercache.testing import LayerContract
+from layercache.testing import FaultProxy, LayerContract
 
 from ..helpers import GatedFetcher
 
@@ -259,7 +259,19 @@ async def test_msgpack_serializer_round_trips(redis_server: Any, prefix: str) ->
 async def test_concurrent_reads_become_few_round_trips(
     redis_server: Any, prefix: str, raw: Transport
 ) -> None:
-    layer = RedisLayer(url=redis_server.url, prefix=prefix)
+    # Through a proxy that adds 20 ms: no reply can come back before the 200 readers
+    # have all run. (With a server faster than the readers' own Python, on trio the
+    # first few lone reads can each finish before the next reader starts: the caller
+    # reads its own reply when it is already there, up to the connection's eager-read
+    # limit, and those readers rightly go alone. That depends on speed, not on
+    # batching, which is what this test checks.)
+    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
+        proxy.delay(0.02)
+        await _read_200_at_once(proxy.url, prefix, raw)
+
+
+async def _read_200_at_once(url: str, prefix: str, raw: Transport) -> None:
+    layer = RedisLayer(url=url, prefix=prefix)
     async with CacheStack([layer]) as cache:
         await cache.set_many({f"k{n}": n for n in range(200)})
         before = await _command_calls(raw, "mget")
