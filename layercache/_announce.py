@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import anyio
-
 from ._bus import BusMessage, RedisInvalidationBus
 from ._exceptions import LayerUnavailableError
 from ._health import Skipped
@@ -42,7 +40,7 @@ class Announcer:
 
     def deadline(self) -> float:
         """The deadline of a change starting now, on the loop's clock."""
-        return anyio.current_time() + self._budget
+        return self._parts.loop_time() + self._budget
 
     def announcement(self, messages: Sequence[BusMessage]) -> Announcement | None:
         """The PUBLISH commands for ``messages``, for the carrier to send with the
@@ -79,7 +77,7 @@ class Announcer:
         if announce is not None and announce.sent:
             listener.carried(len(messages))
             return
-        if anyio.current_time() >= deadline:
+        if self._parts.loop_time() >= deadline:
             listener.publish_later(messages)  # the call's time is up: not lost, later
             return
         # Skipped, failed or refused with the change (which may still have published

@@ -19,7 +19,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from ._clock import Clock, loop_clock
+from ._clock import Clock, deadline_clock, loop_clock
 from ._health import LayerHealth
 from ._invalidation import InvalidationPath
 from ._listener import InvalidationListener
@@ -50,6 +50,7 @@ class Lifecycle:
         attached: list[_Attachable] = []
         try:
             parts.clock = self._clock or loop_clock()
+            parts.loop_time = deadline_clock()
             if parts.telemetry is not None:
                 parts.telemetry.attach(statistics)
                 attached.append(parts.telemetry)

@@ -73,6 +73,9 @@ class Parts:
         self.single_flight.direct_reads = self.direct is not None
         self.tally = Tally([layer.name for layer in self.layers])
         self.clock: Clock = _not_started
+        """The stack's clock (TTLs, health windows): the loop's, or the one given."""
+        self.loop_time: Clock = _not_started
+        """The running loop's own clock, for deadlines handed to the transport."""
         self.guards: dict[object, LayerHealth] = {}
         """Each remote part's (layer, bus listener, coordinator) health guard."""
         self.listener: InvalidationListener | None = None
