@@ -7,16 +7,19 @@ sooner and never before Redis has it (one connection runs its commands in order)
 Otherwise, or when the carried publish was skipped, failed or refused, the listener
 publishes them on the bus's own connection after the change.
 
-One deadline per call: the change and its announcement together wait at most the
-slowest remote layer's ``timeout`` (the bus's own ``timeout`` where no layer has one).
-An announcement with no time left is not dropped: the listener keeps it and publishes
-it as soon as it can. So is one whose change had an unknown outcome (a write that
-failed after it may have reached Redis), whatever stopped it.
+One deadline per call: a change of one request and its announcement together wait at
+most the slowest remote layer's ``timeout`` (the bus's own ``timeout`` where no layer
+has one); past it the announcement is not waited for, and not dropped: the listener
+keeps it and publishes it as soon as it can (the publish under way may land too: peers
+drop keys twice, harmlessly). So is the announcement of a change whose outcome is
+unknown (a write that failed after it may have reached Redis), whatever stopped it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import anyio
 
 from ._bus import BusMessage, RedisInvalidationBus
 from ._exceptions import LayerUnavailableError
@@ -55,6 +58,12 @@ class Announcer:
         carrier = self._carrier
         return carrier if announce is not None and layer is carrier else None
 
+    def later(self, messages: Sequence[BusMessage]) -> None:
+        """Have the listener publish ``messages`` as soon as it can (no await)."""
+        listener = self._parts.listener
+        if listener is not None and messages:
+            listener.publish_later(messages)
+
     async def send(
         self,
         messages: Sequence[BusMessage],
@@ -77,20 +86,23 @@ class Announcer:
         if announce is not None and announce.sent:
             listener.carried(len(messages))
             return
-        if self._parts.loop_time() >= deadline:
-            listener.publish_later(messages)  # the call's time is up: not lost, later
-            return
         # Skipped, failed or refused with the change (which may still have published
         # it): once more on the bus's own connection. Peers drop keys twice, harmlessly.
-        guard = self._parts.guards[listener]
-        try:
-            outcome = await guard.call(listener.publish, messages, deadline, write=True)
-        except LayerUnavailableError:
-            if not surely:
-                raise
-            outcome = None
-        if surely and (outcome is None or isinstance(outcome, Skipped)):
-            listener.publish_later(messages)
+        # Waited for until the call's deadline only: past it the publish may still go
+        # out (nobody waits for it), and the messages are kept to be sure.
+        outcome: object = None
+        with anyio.move_on_after(deadline - self._parts.loop_time()) as waited:
+            try:
+                guard = self._parts.guards[listener]
+                # Kept messages are not dropped ones: not counted as such when surely.
+                outcome = await guard.call(listener.publish, messages, write=not surely)
+            except LayerUnavailableError:
+                if not surely:
+                    raise
+        if waited.cancelled_caught or (
+            surely and (outcome is None or isinstance(outcome, Skipped))
+        ):
+            self.later(messages)
 
 
 def carrier_of(layers: Sequence[Layer], bus: RedisInvalidationBus | None) -> RedisLayer | None:

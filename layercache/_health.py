@@ -50,6 +50,11 @@ class Skipped:
         return "SKIPPED"
 
 
+class NotSent(LayerUnavailableError):
+    """The error of a request the guard refused in strict mode: nothing was sent, so
+    nothing changed."""
+
+
 class Failed(Skipped):
     """What a guarded request returns when graceful mode skipped its failure: it was
     sent, so whether it took effect is unknown."""
@@ -242,7 +247,7 @@ class LayerHealth:
         state = self.state()
         until = self.until()
         detail = f"{state}" if until is None else f"{state} for {until - self.clock():.1f} s"
-        error = LayerUnavailableError(
+        error = NotSent(
             self.name, f"not tried: circuit breaker {detail} after {self.failures} failures"
         )
         error.__cause__ = self.last_error

@@ -28,7 +28,7 @@ from typing import ClassVar
 from ._announce import Announcer
 from ._bus import BusMessage, split_keys
 from ._exceptions import LayerUnavailableError
-from ._health import Skipped
+from ._health import FAILED, NotSent, Skipped
 from ._layer import Layer, LocalLayer
 from ._parts import Parts
 from ._redis_layer import Announcement, RedisLayer
@@ -165,27 +165,39 @@ class InvalidationPath:
         removed: set[str] = set()
         change.fence(parts.single_flight)
         try:
-            await self._apply_remote(change, announce, removed)
+            certain = await self._apply_remote(change, announce, removed)
+        except NotSent:
+            raise  # refused before anything was sent: nothing changed
         except LayerUnavailableError:
             self.apply_here(change)
             await self._announcer.send(messages, deadline, surely=True)
             raise
+        except BaseException:  # cancelled (the caller gave up): no await from here
+            self.apply_here(change)
+            self._announcer.later(messages)
+            raise
         change.fence(parts.single_flight)
         for local in parts.every_local:
             removed.update(change.apply_local(local))
-        await self._announcer.send(messages, deadline, announce)
+        await self._announcer.send(messages, deadline, announce, surely=not certain)
         return len(removed)
 
     async def _apply_remote(
         self, change: Invalidation, announce: Announcement | None, removed: set[str]
-    ) -> None:
+    ) -> bool:
+        """Apply to every remote layer; False if one failed (graceful mode) after it
+        may have applied it: the outcome is unknown."""
         parts = self._parts
+        certain = True
         for layer in parts.remote:
             carried = announce if self._announcer.carrier(layer, announce) else None
             guard = parts.guards[layer]
             found = await guard.call(change.apply_remote, layer, carried, write=True)
-            if not isinstance(found, Skipped):
+            if found is FAILED:
+                certain = False
+            elif not isinstance(found, Skipped):
                 removed.update(found)
+        return certain
 
     def receive(self, message: BusMessage) -> None:
         """Another stack changed something: drop it here (the listener calls this)."""

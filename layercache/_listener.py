@@ -103,12 +103,19 @@ class InvalidationListener:
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         async with self.bus.endpoint.transport(self.name) as publisher:
             self._publisher = publisher
+            refused: LayerUnavailableError | None = None
             try:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self._publish_deferred)
-                    await self._listen(task_status)
+                    try:
+                        await self._listen(task_status)
+                    except LayerUnavailableError as error:
+                        refused = error  # raised below, not wrapped in a group
+                    tasks.cancel_scope.cancel()
             finally:
                 self._publisher = None
+            if refused is not None:
+                raise refused
 
     async def _listen(self, task_status: TaskStatus[None]) -> None:
         # After a restart (the supervisor runs us again) the stack is already running:
@@ -209,22 +216,19 @@ class InvalidationListener:
         except Exception:  # a bug in applying must not stop the listener
             logger.exception("applying a bus message failed")
 
-    async def publish(self, messages: Sequence[BusMessage], deadline: float | None = None) -> None:
-        """Publish ``messages`` in one round trip, by ``deadline`` (on the loop's clock)
-        if it comes before the bus's ``timeout`` does.
+    async def publish(self, messages: Sequence[BusMessage]) -> None:
+        """Publish ``messages`` in one round trip.
 
-        :raises LayerUnavailableError: Redis could not take them in time.
+        :raises LayerUnavailableError: Redis could not take them.
         """
         publisher = self._publisher
         if publisher is None:
             raise LayerUnavailableError(self.name, "the bus is not running")
         commands = self.publish_commands(messages)
-        own = anyio.current_time() + self.bus.timeout
-        if deadline is not None:
-            own = min(own, deadline)
         try:
-            # The transport fails the batch at its deadline: no cancel scope needed.
-            replies = await publisher.call(commands, own)
+            # The transport fails the batch at its deadline (the bus's timeout): no
+            # cancel scope of our own needed.
+            replies = await publisher.call(commands)
         except RedisError as error:
             raise unavailable(self.name, error) from error
         check_replies(self.name, replies)
@@ -235,33 +239,54 @@ class InvalidationListener:
         announcement of a change whose outcome is unknown must reach the peers even
         when the bus cannot take it now. Bounded by :data:`MAX_DEFERRED`."""
         self.deferred += len(messages)
-        if len(self._later) + len(messages) > MAX_DEFERRED:
-            logger.warning("too many bus messages waiting: telling the peers to clear instead")
-            self._later = [BusMessage(self.origin, "clear")]
-        else:
-            self._later.extend(messages)
+        self._keep(messages)
         added, self._later_added = self._later_added, None
         if added is not None:
             added.set()
+
+    def _keep(self, messages: Sequence[BusMessage], first: bool = False) -> None:
+        kept = [*messages, *self._later] if first else [*self._later, *messages]
+        if len(kept) > MAX_DEFERRED:
+            logger.warning("too many bus messages waiting: telling the peers to clear instead")
+            kept = [BusMessage(self.origin, "clear")]
+        self._later = kept
 
     async def _publish_deferred(self) -> None:
         """Publish what :meth:`publish_later` kept, retrying with jittered back-off
         until Redis takes it."""
         delay = RESUBSCRIBE_FIRST
-        while True:
-            while not self._later:
-                added = self._later_added = anyio.Event()
-                await added.wait()
-            messages, self._later = self._later, []
-            try:
-                await self.publish(messages)
-            except LayerUnavailableError as error:
-                logger.debug("could not publish %d kept bus messages: %s", len(messages), error)
-                self._later = messages + self._later
-                await anyio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, RESUBSCRIBE_MAX)
-            else:
-                delay = RESUBSCRIBE_FIRST
+        try:
+            while True:
+                while not self._later:
+                    added = self._later_added = anyio.Event()
+                    await added.wait()
+                if await self._publish_kept():
+                    delay = RESUBSCRIBE_FIRST
+                else:
+                    await anyio.sleep(random.uniform(delay / 2, delay))
+                    delay = min(delay * 2, RESUBSCRIBE_MAX)
+        finally:
+            if self._later:
+                logger.warning(
+                    "%d bus messages were never published: peers keep what they announced "
+                    "until their memory TTL",
+                    len(self._later),
+                )
+
+    async def _publish_kept(self) -> bool:
+        messages, self._later = self._later, []
+        sent = False
+        try:
+            await self.publish(messages)
+            sent = True
+        except LayerUnavailableError as error:
+            logger.debug("could not publish %d kept bus messages: %s", len(messages), error)
+        except Exception:  # a bug here must not take the subscription down
+            logger.exception("publishing kept bus messages failed")
+        finally:
+            if not sent:
+                self._keep(messages, first=True)
+        return sent
 
     def publish_commands(self, messages: Sequence[BusMessage]) -> list[Command]:
         """The PUBLISH commands for ``messages``: what :meth:`publish` sends, and what a

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from ._announce import Announcer
 from ._bus import BusMessage, split_keys
 from ._exceptions import LayerUnavailableError
-from ._health import FAILED
+from ._health import FAILED, NotSent
 from ._layer import Layer
 from ._parts import Parts
 from ._record import Record
@@ -91,8 +91,13 @@ class WritePath:
         single_flight.fence_keys(keys)
         try:
             outcome = await self._write_remote(writes, announce=announce)
+        except NotSent:
+            raise  # refused before anything was sent: nothing changed
         except LayerUnavailableError:
             await self._drop_everywhere(keys, messages, deadline)
+            raise
+        except BaseException:  # cancelled (the caller gave up): no await from here
+            self._drop_here(keys, messages)
             raise
         if outcome is UNKNOWN:
             await self._drop_everywhere(keys, messages, deadline)
@@ -106,10 +111,19 @@ class WritePath:
     ) -> None:
         """A write with an unknown outcome: no local layer, here or on another instance,
         may go on serving what the keys held before."""
+        self._drop_local(keys)
+        await self._announcer.send(messages, deadline, surely=True)
+
+    def _drop_here(self, keys: Sequence[str], messages: Sequence[BusMessage]) -> None:
+        """:meth:`_drop_everywhere` without an await (a cancelled write): the drop is
+        announced by the listener later."""
+        self._drop_local(keys)
+        self._announcer.later(messages)
+
+    def _drop_local(self, keys: Sequence[str]) -> None:
         self._parts.single_flight.fence_keys(keys)
         for layer in self._parts.every_local:
             layer.delete_many_nowait(keys)
-        await self._announcer.send(messages, deadline, surely=True)
 
     async def store(self, flight: Flight, writes: Writes, token: str | None) -> bool:
         """Store a load's result unless a change made its flight stale; False if it was

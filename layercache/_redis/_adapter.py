@@ -56,11 +56,9 @@ class ClientTransport:
             finally:
                 self._task_group = None
 
-    async def call(
-        self, commands: Sequence[Command], deadline: float | None = None
-    ) -> list[object]:
-        """Send a batch and wait for its replies (by ``deadline``, as for :meth:`send`)."""
-        return await call(self, commands, deadline)
+    async def call(self, commands: Sequence[Command]) -> list[object]:
+        """Send a batch and wait for its replies."""
+        return await call(self, commands)
 
     @property
     def idle(self) -> bool:

@@ -254,12 +254,9 @@ class Transport:
         if error is not None and self._connection is connection:
             await self._break(connection, error)
 
-    async def call(
-        self, commands: Sequence[Command], deadline: float | None = None
-    ) -> list[object]:
-        """Send a batch and wait for its replies (for callers that can simply wait);
-        ``deadline`` as for :meth:`send`."""
-        return await call(self, commands, deadline)
+    async def call(self, commands: Sequence[Command]) -> list[object]:
+        """Send a batch and wait for its replies (for callers that can simply wait)."""
+        return await call(self, commands)
 
     async def _serve(self, connection: Connection) -> None:
         """Hand replies to their batches, in order, until the connection breaks or a
@@ -413,9 +410,7 @@ class Sender(Protocol):
     ) -> None: ...
 
 
-async def call(
-    sender: Sender, commands: Sequence[Command], deadline: float | None = None
-) -> list[object]:
+async def call(sender: Sender, commands: Sequence[Command]) -> list[object]:
     """Send a batch through ``sender`` and wait for its replies (raises on a lost one)."""
     done = sender.new_event()
     result: list[list[object] | RedisError] = []
@@ -424,7 +419,7 @@ async def call(
         result.append(replies)
         done.set()
 
-    await sender.send(commands, deliver, deadline)
+    await sender.send(commands, deliver)
     await done.wait()
     outcome = result[0]
     if isinstance(outcome, RedisError):

@@ -130,3 +130,54 @@ async def test_a_black_holed_redis_keeps_the_announcement_for_later_instead_of_w
             proxy.pass_through()
             await invalidations_received(peer, heard + 1)  # published once Redis took it
             assert not _in_memory(peer, "price")
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+async def test_a_change_the_caller_gave_up_on_drops_the_key_here_and_on_the_peers(
+    redis_server: RedisServer, proxy: FaultProxy, prefix: str, operation: str
+) -> None:
+    # The layer would wait up to its timeout; the caller's own deadline comes first
+    # (a cancelled web request, say): the change may still reach Redis.
+    with anyio.fail_after(BOUND):
+        async with _writer_and_peer(redis_server, proxy, prefix, "strict", redis_server.url) as (
+            writer,
+            peer,
+        ):
+            await writer.set("price", 100, tags=["prices"])
+            await invalidations_received(peer, 1)
+            assert await peer.get("price") == 100
+            heard = peer.statistics().invalidations_received
+            proxy.delay(0.5)
+            with anyio.move_on_after(0.05) as gave_up:
+                await _change(writer, operation)
+            assert gave_up.cancelled_caught
+            assert not _in_memory(writer, "price")
+            await invalidations_received(peer, heard + 1)
+            assert not _in_memory(peer, "price")
+            proxy.pass_through()
+
+
+async def test_a_slow_bus_on_a_healthy_server_does_not_fail_the_change(
+    redis_server: RedisServer, proxy: FaultProxy, prefix: str
+) -> None:
+    # The layer answers within its timeout, but the bus's round trip is longer than
+    # what is left of the call's deadline: the announcement is kept for later, not
+    # waited for, and nothing counts as failed.
+    assert redis_server.port is not None
+    with anyio.fail_after(BOUND), FaultProxy("127.0.0.1", redis_server.port) as slow_bus:
+        async with _writer_and_peer(redis_server, proxy, prefix, "strict", slow_bus.url) as (
+            writer,
+            peer,
+        ):
+            await writer.set("price", 100)
+            await invalidations_received(peer, 1)
+            assert await peer.get("price") == 100
+            heard = peer.statistics().invalidations_received
+            slow_bus.delay(0.3)  # a round trip of 0.6 s: more than the layer's 0.2 s
+            await writer.set("price", 120)
+            stats = writer.statistics()
+            assert (stats.bus_errors, stats.bus_state) == (0, "healthy")
+            assert stats.invalidations_deferred >= 1
+            assert await writer.get("price") == 120
+            await invalidations_received(peer, heard + 1)
+            assert await peer.get("price") == 120
