@@ -41,7 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._backend import Event, event_type
 from ._clock import Clock, deadline_clock
-from ._exceptions import LayerUnavailableError
+from ._exceptions import LayerUnavailableError, SerializationError
 from ._layer import Layer
 from ._record import Record
 from ._redis._adapter import ClientTransport
@@ -174,6 +174,7 @@ class RedisLayer(Layer):
         ssl_context: Any = None,
     ) -> None:
         super().__init__(name=check_name(name), ttl=check_ttl(ttl))
+
         self.endpoint = RedisEndpoint(
             "RedisLayer", url, client, timeout=timeout, ssl_context=ssl_context
         )
@@ -458,7 +459,28 @@ class RedisLayer(Layer):
     # -- the layer interface -----------------------------------------------------------
 
     def encode(self, value: object) -> bytes:
+        """``value`` as the serializer's bytes.
+
+        :raises SerializationError: the serializer refuses it.
+        """
         return self.serializer.dumps(value)
+
+    def decode(self, encoded: object) -> object:
+        """What a read of ``encoded`` (from :meth:`encode`) gives back.
+
+        :raises SerializationError: the serializer cannot read its own bytes back
+            (msgpack refuses non-str map keys when reading, say).
+        :raises TypeError: ``encoded`` is not bytes (not this layer's encoding).
+        """
+        if not isinstance(encoded, bytes):
+            raise TypeError(f"not an encoding of this layer: {type(encoded).__name__}")
+        try:
+            return self.serializer.loads(encoded)
+        except Exception as error:
+            raise SerializationError(
+                f"{self.serializer.name} does not read this value back: "
+                f"{type(error).__name__}: {error}"
+            ) from error
 
     async def read_now(self, keys: Sequence[str], done: ReadDone) -> Callable[[], bool] | None:
         """Internal (the stack's).
