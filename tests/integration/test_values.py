@@ -3,8 +3,9 @@ redis-server, on asyncio and trio.
 
 A memory layer in front of the Redis layer holds what the serializer gives back, so a
 ``get`` answered by memory, by Redis or by a fetch returns equal values of the same
-types. Values JSON would change silently fail before any layer is written, with the
-JSON serializer on orjson and on the standard library alike.
+types. Values JSON would change silently, or over the layer's ``max_value_size``, fail
+before any layer is written, with the JSON serializer on orjson and on the standard
+library alike.
 
 Rules: every test uses its own key prefix on the shared server; no sleeps, no timing
 assertions.
@@ -138,3 +139,64 @@ async def test_msgpack_refuses_what_it_cannot_read_back(redis_server: Any, prefi
         assert await layer.get_many(["k"]) == {}
     got = await _from_redis_alone(redis_server.url, prefix, "t", "msgpack")
     assert same(got, {"pair": [1, 2], "bytes": b"\x00"})
+
+
+# -- max_value_size ----------------------------------------------------------------------
+
+LIMIT = 64
+FITS = "x" * (LIMIT - 2)  # a JSON string: two quotes around it
+TOO_BIG = FITS + "x"
+
+
+async def test_a_value_at_max_value_size_is_stored(redis_server: Any, prefix: str) -> None:
+    layer = RedisLayer(url=redis_server.url, prefix=prefix, max_value_size=LIMIT)
+    async with CacheStack([MemoryLayer(), layer]) as cache:
+        await cache.set("k", FITS)
+        await cache.set_many({"m": FITS})
+
+        async def fetch() -> object:
+            return FITS
+
+        assert await cache.get("f", fetch) == FITS
+        stored = await layer.get_many(["k", "m", "f"])
+        assert {key: record.value for key, record in stored.items()} == dict.fromkeys(
+            ["k", "m", "f"], FITS
+        )
+
+
+async def test_a_value_over_max_value_size_writes_no_layer(redis_server: Any, prefix: str) -> None:
+    memory = MemoryLayer()
+    layer = RedisLayer(url=redis_server.url, prefix=prefix, max_value_size=LIMIT)
+    async with CacheStack([memory, layer]) as cache:
+        with pytest.raises(SerializationError, match="max_value_size"):
+            await cache.set("k", TOO_BIG)
+        with pytest.raises(SerializationError, match="max_value_size"):
+            await cache.set_many({"fine": 1, "big": TOO_BIG})
+        fetched = 0
+
+        async def fetch() -> object:
+            nonlocal fetched
+            fetched += 1
+            return TOO_BIG
+
+        with pytest.raises(SerializationError, match="max_value_size"):
+            await cache.get("f", fetch)
+        assert len(memory) == 0
+        assert await layer.get_many(["k", "fine", "big", "f"]) == {}
+        with pytest.raises(SerializationError):  # not cached: the next get fetches again
+            await cache.get("f", fetch)
+        assert fetched == 2
+
+
+async def test_a_faster_layer_too_small_for_a_value_is_not_backfilled(
+    redis_server: Any, prefix: str
+) -> None:
+    url = redis_server.url
+    async with CacheStack([RedisLayer(url=url, prefix=prefix + "big:")]) as writer:
+        await writer.set("k", TOO_BIG)
+    small = RedisLayer(url=url, prefix=prefix + "small:", max_value_size=LIMIT, name="small")
+    memory = MemoryLayer()
+    async with CacheStack([memory, small, RedisLayer(url=url, prefix=prefix + "big:")]) as cache:
+        assert await cache.get("k") == TOO_BIG
+        assert await small.get_many(["k"]) == {}
+        assert len(memory) == 1  # the layers that can hold it still get their copy

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layercache import JsonSerializer, RedisLayer, SerializationError
+from layercache._redis_layer import DEFAULT_MAX_VALUE_SIZE
 from layercache._serializers import JSON_INT_RANGE, JSON_MAX_DEPTH
 
 from ..helpers import same, stdlib_json
@@ -229,6 +230,38 @@ def test_json_does_not_read_what_it_would_not_write(serializer: JsonSerializer) 
 
 
 # -- the Redis layer's encoding (no connection needed) -----------------------------------
+
+
+def test_max_value_size_default_and_checks() -> None:
+    assert DEFAULT_MAX_VALUE_SIZE == 16 * 1024 * 1024
+    assert RedisLayer(url="redis://localhost").max_value_size == DEFAULT_MAX_VALUE_SIZE
+    with pytest.raises(TypeError, match="max_value_size"):
+        RedisLayer(url="redis://localhost", max_value_size=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_value_size"):
+        RedisLayer(url="redis://localhost", max_value_size=True)
+    with pytest.raises(ValueError, match="max_value_size"):
+        RedisLayer(url="redis://localhost", max_value_size=0)
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_max_value_size_is_checked_at_the_boundary(serializer: str) -> None:
+    layer = RedisLayer(url="redis://localhost", serializer=serializer, max_value_size=100)
+    fits = next(
+        text
+        for text in ("x" * length for length in range(100, 0, -1))
+        if len(layer.serializer.dumps(text)) == 100
+    )
+    assert len(layer.encode(fits)) == 100
+    with pytest.raises(SerializationError, match=r"101 bytes.*max_value_size.*100 bytes"):
+        layer.encode(fits + "x")
+
+
+def test_the_default_limit_holds_a_value_just_under_it() -> None:
+    layer = RedisLayer(url="redis://localhost")
+    fits = "x" * (DEFAULT_MAX_VALUE_SIZE - 2)  # the JSON string's two quotes
+    assert len(layer.encode(fits)) == DEFAULT_MAX_VALUE_SIZE
+    with pytest.raises(SerializationError, match="max_value_size"):
+        layer.encode(fits + "x")
 
 
 def test_redis_layer_decodes_its_own_encoding() -> None:
