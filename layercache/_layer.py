@@ -9,7 +9,9 @@ read needs no task and no channel round trip.
 Every entry crosses as a :class:`~layercache.Record` (value, deadlines, tags). Values
 reach ``write_many`` already encoded by the layer's own :meth:`Layer.encode`, which the
 stack calls for every layer before writing to any of them: a value one layer cannot
-serialize is rejected before a single layer is changed.
+serialize is rejected before a single layer is changed. A local layer in front of a
+serializing one is given what that layer's :meth:`Layer.decode` gives back, not the
+caller's object (one decode per write, none per hit).
 """
 
 from __future__ import annotations
@@ -77,6 +79,19 @@ class Layer(ABC):
     def encode(self, value: object) -> object:
         """Return ``value`` as this layer stores it; raise SerializationError if it can't."""
         return value
+
+    def decode(self, encoded: object) -> object:
+        """Return what this layer's reads give back for ``encoded``, a result of
+        :meth:`encode`: the value itself here; a serializing layer's round trip.
+
+        The stack calls it once per write of a value, for a remote layer that is the
+        first or comes just behind local layers: those store what it returns, and a
+        load returns it, so a ``get`` returns an equal value of the same type whichever
+        layer answers.
+
+        :raises SerializationError: the encoding does not read back.
+        """
+        return encoded
 
     @abstractmethod
     async def run(self, *, task_status: TaskStatus[None]) -> None:

@@ -11,7 +11,8 @@ directly (the read path's direct variant). A load with a fetcher runs
    Redis lock, or after waiting for the process that holds it
    (:meth:`~layercache.RedisSingleFlightCoordinator.load_once`).
 3. **Store**: the write path's ``store``, unless a change made the flight stale (its
-   callers still get the value).
+   callers still get the value, as the layers give it back: the same for the first
+   ``get`` as for the ones that hit it later).
 """
 
 from __future__ import annotations
@@ -117,10 +118,10 @@ class LoadPath:
         except Exception:
             tally.fetch_errors += 1
             raise
-        writes = self._writes.encode(flight.key, value, flight.ttl, flight.tags)
+        writes, stored = self._writes.encode_fetched(flight.key, value, flight.ttl, flight.tags)
         if not await self._writes.store(flight, writes, token):
             tally.stale_loads += 1
-        return value, None
+        return stored, None
 
 
 async def _call_fetcher(fetcher: Fetcher) -> object:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._exceptions import LayerUnavailableError
+from ._exceptions import LayerUnavailableError, SerializationError
 from ._health import LayerHealth, Skipped
 from ._layer import Layer, LocalLayer
 from ._parts import Parts
@@ -134,7 +134,14 @@ class ReadPath:
             return
         now = self._parts.clock()
         for layer in faster:
-            yield layer, {key: layer.backfill(record, now) for key, record in allowed.items()}
+            try:
+                copies = {key: layer.backfill(record, now) for key, record in allowed.items()}
+            except SerializationError as error:
+                # A faster layer that cannot take it (over its max_value_size, say) is
+                # left without the copies: the read still answers.
+                logger.debug("not copying %r into %r: %s", list(allowed), layer.name, error)
+                continue
+            yield layer, copies
 
     async def _copy_up(self, index: int, records: Mapping[str, Record], since: Since) -> None:
         if not index:

@@ -41,7 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._backend import Event, event_type
 from ._clock import Clock, deadline_clock
-from ._exceptions import LayerUnavailableError
+from ._exceptions import LayerUnavailableError, SerializationError
 from ._layer import Layer
 from ._record import Record
 from ._redis._adapter import ClientTransport
@@ -54,12 +54,16 @@ from ._redis._transport import Transport
 from ._reply import ReplySlot
 from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
 from ._statistics import LayerStatistics
-from ._validation import check_name, check_ttl
+from ._validation import check_max_size, check_name, check_ttl
 
 logger = logging.getLogger("layercache.redis")
 
 DEFAULT_TIMEOUT = 1.0
 """Seconds any Redis request may take before the call gives up on the layer."""
+DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
+"""Largest encoded value the layer stores by default, in bytes (16 MiB): far above what
+a cache entry should be, and small enough that encoding it, moving it and decoding it on
+every miss stay well under a second (Redis itself takes up to 512 MB)."""
 INBOX_SIZE = 10_000
 MAX_BATCH = 1_000
 DELETE_CHUNK = 500
@@ -156,6 +160,9 @@ class RedisLayer(Layer):
     :param serializer: ``"json"`` (default), ``"msgpack"``, or a ``Serializer`` such as
         ``PickleSerializer(key=...)``.
     :param ssl_context: for ``rediss://``, a custom ``ssl.SSLContext`` (e.g. a private CA).
+    :param max_value_size: the largest encoded value stored, in bytes (default 16 MiB,
+        ``16 * 1024 * 1024``): a larger one raises
+        :class:`~layercache.SerializationError` before any layer is written.
     :raises TypeError, ValueError: for bad arguments (checked here, without I/O).
     """
 
@@ -172,8 +179,10 @@ class RedisLayer(Layer):
         name: str = "redis",
         *,
         ssl_context: Any = None,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     ) -> None:
         super().__init__(name=check_name(name), ttl=check_ttl(ttl))
+        self.max_value_size = check_max_size(max_value_size, "max_value_size")
         self.endpoint = RedisEndpoint(
             "RedisLayer", url, client, timeout=timeout, ssl_context=ssl_context
         )
@@ -458,7 +467,35 @@ class RedisLayer(Layer):
     # -- the layer interface -----------------------------------------------------------
 
     def encode(self, value: object) -> bytes:
-        return self.serializer.dumps(value)
+        """``value`` as the serializer's bytes.
+
+        :raises SerializationError: the serializer refuses it, or its encoding is over
+            ``max_value_size`` bytes.
+        """
+        body = self.serializer.dumps(value)
+        if len(body) > self.max_value_size:
+            raise SerializationError(
+                f"a {type(value).__name__} of {len(body)} bytes once encoded is over the "
+                f"max_value_size of layer {self.name!r} ({self.max_value_size} bytes)"
+            )
+        return body
+
+    def decode(self, encoded: object) -> object:
+        """What a read of ``encoded`` (from :meth:`encode`) gives back.
+
+        :raises SerializationError: the serializer cannot read its own bytes back
+            (msgpack refuses non-str map keys when reading, say).
+        :raises TypeError: ``encoded`` is not bytes (not this layer's encoding).
+        """
+        if not isinstance(encoded, bytes):
+            raise TypeError(f"not an encoding of this layer: {type(encoded).__name__}")
+        try:
+            return self.serializer.loads(encoded)
+        except Exception as error:
+            raise SerializationError(
+                f"{self.serializer.name} does not read this value back: "
+                f"{type(error).__name__}: {error}"
+            ) from error
 
     async def read_now(self, keys: Sequence[str], done: ReadDone) -> Callable[[], bool] | None:
         """Internal (the stack's).

@@ -1,6 +1,7 @@
 """How values become bytes for Redis, and the envelope that carries them.
 
-JSON is the default (``orjson`` when it is installed, the standard library otherwise).
+JSON is the default (``orjson`` when it is installed, the standard library otherwise,
+accepting and giving back the same values either way: :func:`check_json`).
 ``msgpack`` is opt-in. Pickle is opt-in and only with an HMAC key: unpickling runs
 code, so a payload is unpickled only after its signature checks out — **anyone who
 can write to your Redis and knows the key can run code in your process**.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import pickle
 import struct
 from abc import ABC, abstractmethod
@@ -58,36 +60,137 @@ class Serializer(ABC):
         return f"{type(self).__name__}()"
 
 
-class JsonSerializer(Serializer):
-    """JSON: str, int, float, bool, None, lists and dicts with str keys.
+JSON_INT_RANGE = (-(2**63), 2**64 - 1)
+"""The ints the JSON serializer takes: what orjson carries (it refuses ints beyond 64
+bits, where the standard library would write them and another reader may round them)."""
+JSON_MAX_DEPTH = 200
+"""Most containers nested in one JSON value (orjson refuses more than 254; a circular
+value is refused as too deep)."""
 
-    Tuples come back as lists. Other types raise :class:`SerializationError`.
+
+def check_json(value: object) -> None:
+    """Refuse, before anything is written, what JSON would not give back as it is
+    (the rules are :class:`JsonSerializer`'s; the bounds :data:`JSON_INT_RANGE` and
+    :data:`JSON_MAX_DEPTH`). The same check for orjson and the standard library, so
+    both accept the same values.
+
+    :raises SerializationError: saying what was refused and where in the value.
+    """
+    try:
+        _check_json(value, 0)
+    except _Refused as refused:
+        where = "".join(reversed(refused.path))
+        raise SerializationError(
+            f"cannot store {'the value' if not where else 'value' + where} as JSON: "
+            f"{refused.reason}"
+        ) from None
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.path: list[str] = []
+
+
+_LOW, _HIGH = JSON_INT_RANGE
+
+
+def _check_json(value: object, depth: int) -> None:
+    if type(value) is dict:
+        if depth >= JSON_MAX_DEPTH:
+            raise _Refused(f"nested over {JSON_MAX_DEPTH} deep (or circular)")
+        for key, item in value.items():
+            if type(key) is not str:
+                refused = _Refused(
+                    f"the dict key {key!r:.40} is a {type(key).__name__}, not a str (it "
+                    "would come back as a str, or collide with one)"
+                )
+            elif _plain(item):
+                continue
+            else:
+                try:
+                    _check_json(item, depth + 1)
+                    continue
+                except _Refused as error:
+                    refused = error
+            refused.path.append(f"[{key!r:.40}]")
+            raise refused
+    elif type(value) is list or type(value) is tuple:
+        if depth >= JSON_MAX_DEPTH:
+            raise _Refused(f"nested over {JSON_MAX_DEPTH} deep (or circular)")
+        for index, item in enumerate(value):
+            if not _plain(item):
+                try:
+                    _check_json(item, depth + 1)
+                except _Refused as refused:
+                    refused.path.append(f"[{index}]")
+                    raise
+    elif not _plain(value):
+        kind = type(value)
+        if kind is int:
+            raise _Refused("an int beyond 64 bits (JSON readers disagree on those)")
+        if kind is float:
+            raise _Refused(f"{value!r} is not JSON")
+        raise _Refused(f"a {kind.__module__}.{kind.__qualname__} is not a JSON type")
+
+
+def _plain(value: object) -> bool:
+    """A scalar JSON carries exactly: str, bool, None, a 64-bit int, a finite float."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if type(value) is int:
+        return _LOW <= value <= _HIGH
+    if type(value) is float:
+        return math.isfinite(value)
+    return False
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STDLIB_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_STDLIB_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+)
+
+
+class JsonSerializer(Serializer):
+    """JSON: str, int, float, bool, None, lists (and tuples) and dicts with str keys.
+
+    It accepts, and gives back equal and of the same types, exactly the same values
+    with orjson (used when installed) and with the standard library: by exact type,
+    ``str``, ``int`` from -2**63 to 2**64 - 1 (orjson's range), finite ``float``,
+    ``bool``, ``None``, ``list``, ``tuple`` (given back as a list) and ``dict`` with
+    ``str`` keys, nested at most 200 deep. Whatever JSON would change silently raises
+    :class:`SerializationError` before anything is written: non-str dict keys (they
+    would come back as str, or collide), bigger ints, NaN and infinities, subclasses
+    (``IntEnum``, ``OrderedDict``, named tuples), and types one library knows and the
+    other does not (``UUID``, ``datetime``, dataclasses, ``Enum``, numpy values).
     """
 
     id = 1
     name = "json"
 
+    def __init__(self) -> None:
+        self._orjson = orjson is not None
+
     def dumps(self, value: object) -> bytes:
+        check_json(value)
         try:
-            if orjson is not None:
-                return orjson.dumps(
-                    value,
-                    option=orjson.OPT_PASSTHROUGH_DATACLASS
-                    | orjson.OPT_PASSTHROUGH_DATETIME
-                    | orjson.OPT_PASSTHROUGH_SUBCLASS,
-                )
-            return json.dumps(
-                value, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-            ).encode()
-        except (TypeError, ValueError) as error:
+            if self._orjson:
+                return orjson.dumps(value)
+            return _STDLIB_ENCODER.encode(value).encode()
+        except (TypeError, ValueError) as error:  # lone surrogates, in either library
             raise SerializationError(
                 f"cannot store a {type(value).__name__} as JSON: {error}"
             ) from error
 
     def loads(self, data: bytes) -> object:
-        if orjson is not None:
+        if self._orjson:
             return orjson.loads(data)
-        return json.loads(data)
+        return _STDLIB_DECODER.decode(data.decode())
 
 
 class MsgpackSerializer(Serializer):

@@ -104,11 +104,16 @@ def _check_utf8(text: str, what: str) -> None:
             raise ValueError(f"{what} must be encodable as UTF-8: {text!r}") from None
 
 
-def check_max_size(max_size: object) -> int:
+def check_max_size(max_size: object, name: str = "max_size") -> int:
+    """Return ``max_size``, a count (of entries, of bytes…) of at least 1.
+
+    :raises TypeError: not an int (a bool is not a count).
+    :raises ValueError: below 1.
+    """
     if isinstance(max_size, bool) or not isinstance(max_size, int):
-        raise TypeError(f"max_size must be an int, not {type(max_size).__name__}")
+        raise TypeError(f"{name} must be an int, not {type(max_size).__name__}")
     if max_size < 1:
-        raise ValueError(f"max_size must be at least 1, got {max_size}")
+        raise ValueError(f"{name} must be at least 1, got {max_size}")
     return max_size
 
 

@@ -1,7 +1,10 @@
 """The write path: ``set``, ``set_many`` and a load's result, all one procedure.
 
 1. Encode everything first, for every layer (:meth:`WritePath.encode`): a value one
-   layer cannot serialize fails the call before any layer is changed.
+   layer cannot serialize fails the call before any layer is changed. A local layer in
+   front of a serializing one gets what that one gives back (its ``decode`` of its own
+   encoding, once per write), so every layer answers with an equal value of one type;
+   a load returns that value too (:meth:`WritePath.encode_fetched`).
 2. Fence the loads in flight for the keys, write the layers that need I/O, fence again,
    then write the local ones with no await in between: a reader that copied the old
    entry up meanwhile is overwritten, and a load that read the old state can never
@@ -57,14 +60,36 @@ class WritePath:
     def __init__(self, parts: Parts, announcer: Announcer) -> None:
         self._parts = parts
         self._announcer = announcer
+        layers = parts.layers
+        self._slowest_first = tuple(
+            (layer, not layer.local and (index == 0 or layers[index - 1].local))
+            for index, layer in reversed(list(enumerate(layers)))
+        )
+        """Each layer, slowest first, and whether a write decodes its encoding of a value:
+        a remote layer first or just behind local layers, whose round trip is what those
+        local layers store and what a ``get`` answered by it returns (so an encoding
+        that does not read back fails the write before anything is written)."""
 
     def encode(self, key: str, value: object, ttl: float | None, tags: frozenset[str]) -> Writes:
         """Every layer's record of ``value`` for ``key`` (checked), encoded now.
 
-        :raises SerializationError: a layer cannot encode it; nothing is written.
+        :raises SerializationError: a layer cannot encode it, or its encoding does not
+            read back; nothing is written.
         """
-        now = self._parts.clock()
-        return {layer: {key: layer.record(value, now, ttl, tags)} for layer in self._parts.layers}
+        return self.encode_fetched(key, value, ttl, tags)[0]
+
+    def encode_fetched(
+        self, key: str, value: object, ttl: float | None, tags: frozenset[str]
+    ) -> tuple[Writes, object]:
+        """:meth:`encode`, and ``value`` as a ``get`` gives it back: what the local
+        layers in front store, or the first remote layer's round trip. A load returns
+        that, so its callers get what later ``get``s get.
+
+        :raises SerializationError: as :meth:`encode`.
+        """
+        writes: Writes = {layer: {} for layer in self._parts.layers}
+        given_back = self._encode_into(writes, key, value, self._parts.clock(), ttl, tags)
+        return writes, given_back
 
     def encode_many(
         self, values: Mapping[str, object], ttl: float | None, tags: frozenset[str]
@@ -73,9 +98,26 @@ class WritePath:
         now = self._parts.clock()
         writes: Writes = {layer: {} for layer in self._parts.layers}
         for key, value in values.items():
-            for layer, records in writes.items():
-                records[key] = layer.record(value, now, ttl, tags)
+            self._encode_into(writes, key, value, now, ttl, tags)
         return writes
+
+    def _encode_into(
+        self,
+        writes: Writes,
+        key: str,
+        value: object,
+        now: float,
+        ttl: float | None,
+        tags: frozenset[str],
+    ) -> object:
+        # Slowest first: a local layer stores what the nearest slower layer gives back.
+        given_back = value
+        for layer, decodes in self._slowest_first:
+            record = layer.record(given_back if layer.local else value, now, ttl, tags)
+            writes[layer][key] = record
+            if decodes:
+                given_back = layer.decode(record.value)
+        return given_back
 
     async def write(self, keys: Sequence[str], writes: Writes) -> None:
         """Store ``writes`` (checked, encoded), then tell the other stacks about ``keys``.

@@ -1,15 +1,19 @@
 """Helpers the unit and the integration tests share: a fetcher the test opens and
-closes by hand, raw RESP over a socket, the metrics an OpenTelemetry reader holds, and
-the durations every duration argument refuses."""
+closes by hand, raw RESP over a socket, the metrics an OpenTelemetry reader holds, the
+durations every duration argument refuses, a JSON serializer on the standard library and
+a type-strict equality of values."""
 
 from __future__ import annotations
 
 import math
 import socket
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import anyio
 
+import layercache._serializers as serializers
+from layercache import JsonSerializer
 from layercache._validation import MAX_TTL
 
 if TYPE_CHECKING:
@@ -85,3 +89,29 @@ def _metrics(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, A
                     attributes = tuple(sorted((point.attributes or {}).items()))
                     found[(metric.name, attributes)] = getattr(point, "value", None)
     return found
+
+
+def stdlib_json() -> JsonSerializer:
+    """The default serializer as it is where orjson is not installed (the suite has it):
+    a serializer picks its JSON library when it is made."""
+    with mock.patch.object(serializers, "orjson", None):
+        return JsonSerializer()
+
+
+def same(a: object, b: object) -> bool:
+    """Equal and of the same types all the way down (``1 == 1.0 == True`` and
+    ``(1,) == [1]``-like looseness not allowed; -0.0 is not 0.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return list(a) == list(b) and all(same(a[key], b[key]) for key in a)
+    if isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple)
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        assert isinstance(b, float)
+        return math.copysign(1.0, a) == math.copysign(1.0, b) and (
+            a == b or (math.isnan(a) and math.isnan(b))
+        )
+    return a == b
