@@ -1,13 +1,17 @@
 """The Redis set-up shared by the layer, the bus and the coordinator, on asyncio and trio:
 a server that refuses the login (a missing or wrong password), the database or the
 scripts fails each one's start with a plain ``LayerUnavailableError`` naming it (not an
-exception group), caused by the refusal, in strict and graceful mode.
+exception group), caused by the refusal, in strict and graceful mode; a refusal later
+(an ACL or password change) makes the part ``misconfigured`` in the statistics and the
+logs, not a flapping one.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import anyio
 import pytest
 import redis
 import redis.asyncio
@@ -116,8 +120,76 @@ async def test_a_missing_password_says_where_to_put_it(password_redis_server: An
             pass
 
 
+# -- at runtime, a refusal is a configuration error, not a flapping layer --------------
+
+
 def _admin(server: Any) -> redis.Redis:
     return redis.Redis.from_url(server.url)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_acl_change_at_runtime_reads_as_misconfigured(
+    own_redis_server: Any, prefix: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = _admin(own_redis_server)
+    admin.acl_setuser("app", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+                      commands=["+@all"])  # fmt: skip
+    url = f"redis://app:secret@127.0.0.1:{own_redis_server.port}/0"
+    layer = RedisLayer(url=url, prefix=prefix)
+    async with CacheStack([MemoryLayer(), layer], graceful_degradation=MODES[mode]) as cache:
+        await cache.set("k", 1)
+        admin.acl_setuser("app", commands=["-@all"])  # existing connections are refused now
+        if mode == "strict":
+            with pytest.raises(LayerUnavailableError, match="NOPERM") as caught:
+                await cache.set("k", 2)
+            assert isinstance(caught.value.__cause__, RedisConfigurationError)
+        else:
+            await cache.set("k", 2)  # skipped, and counted as dropped
+        stats = cache.statistics().layers[1]
+        assert stats.state == "misconfigured"
+        assert stats.configuration_errors == 1
+        assert any(
+            record.levelno == logging.ERROR and "misconfigured" in record.getMessage()
+            for record in caplog.records
+        )
+        admin.acl_setuser("app", commands=["+@all"])
+        if mode == "strict":
+            await cache.set("k", 3)
+            assert cache.statistics().layers[1].state == "healthy"
+
+
+async def test_a_reconnect_refused_at_runtime_reads_as_misconfigured(
+    own_redis_server: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The password changed and the connection dropped: the reconnects are refused, the
+    error is logged once as a configuration error, and requests fail with it."""
+    admin = _admin(own_redis_server)
+    admin.acl_setuser("app", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+                      commands=["+@all"])  # fmt: skip
+    url = f"redis://app:secret@127.0.0.1:{own_redis_server.port}/0"
+    refused = anyio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno == logging.ERROR and "configuration error" in record.getMessage():
+                refused.set()
+
+    watch = Watch()
+    logging.getLogger("layercache.redis.transport").addHandler(watch)
+    try:
+        async with CacheStack([MemoryLayer(), RedisLayer(url=url, prefix=prefix)]) as cache:
+            await cache.set("k", 1)
+            admin.acl_setuser("app", reset_passwords=True, passwords=["+changed"])
+            admin.client_kill_filter(user="app")
+            with anyio.fail_after(10):
+                await refused.wait()
+            with pytest.raises(LayerUnavailableError, match="WRONGPASS") as caught:
+                await cache.set("k", 2)
+            assert isinstance(caught.value.__cause__, RedisConfigurationError)
+            stats = cache.statistics().layers[1]
+            assert (stats.state, stats.configuration_errors) == ("misconfigured", 1)
+    finally:
+        logging.getLogger("layercache.redis.transport").removeHandler(watch)
 
 
 # -- a server that cannot run the scripts ------------------------------------------------
