@@ -204,7 +204,7 @@ class Transport:
                 error,
             )
 
-    def not_connected(self) -> RedisError:
+    def _not_connected(self) -> RedisError:
         """The error for a request that finds no connection: why the last attempt to
         connect failed, if it did (a configuration error stays one)."""
         where = f"not connected to {self.address.display()}"
@@ -253,7 +253,7 @@ class Transport:
             now = self.now()
         connection = self._connection
         if connection is None:
-            deliver(self.not_connected())
+            deliver(self._not_connected())
             return
         if deadline <= now:
             # Its callers gave up while it waited its turn: sending it would only make
