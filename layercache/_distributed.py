@@ -49,7 +49,7 @@ from ._redis._address import RedisAddress
 from ._redis._connection import Command
 from ._redis._endpoint import RedisEndpoint, check_replies, unavailable
 from ._redis._errors import RedisError
-from ._redis._scripts import ACQUIRE, LOCK_SCRIPTS, RELEASE, RENEW, run_scripts
+from ._redis._scripts import ACQUIRE, LOCK_SCRIPTS, RELEASE, RENEW, loading, run_scripts
 from ._redis._transport import Transport
 from ._redis_layer import DEFAULT_TIMEOUT, KeySpace, RedisLayer
 from ._statistics import CoordinatorStatistics
@@ -205,8 +205,7 @@ class RedisSingleFlightCoordinator:
 
         The actor: connect (a refused login fails the stack's start), then renew the
         held locks until cancelled; on the way out, give back any still held."""
-        setup = [("SCRIPT", "LOAD", script.source) for script in LOCK_SCRIPTS]
-        async with self.endpoint.transport(self.name, setup) as transport:
+        async with self.endpoint.transport(self.name, loading(LOCK_SCRIPTS)) as transport:
             self._transport = transport
             task_status.started()
             try:

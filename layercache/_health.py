@@ -16,6 +16,12 @@ stack's injected clock), and the only code that changes its counters:
   are still refused; success closes it, failure opens it again.
 - Without either, every request is sent and every failure reaches the caller.
 
+A failure that is a configuration error (the server refused the password or an ACL
+forbids a command: a :class:`~._redis._errors.RedisConfigurationError` in its causes)
+makes the part *misconfigured* instead, logged as an ERROR, until a request succeeds:
+the windows above still apply (so a fixed configuration is noticed), but the state says
+that retrying is not what will cure it.
+
 A request that is not sent costs nothing: no connection attempt, no timeout. Each state
 change is logged once, not each request.
 """
@@ -29,6 +35,7 @@ from typing import Any, TypeVar
 from ._clock import Clock
 from ._exceptions import LayerUnavailableError
 from ._options import CircuitBreaker, GracefulDegradation
+from ._redis._errors import is_configuration_error
 
 logger = logging.getLogger("layercache.health")
 
@@ -37,6 +44,7 @@ DEGRADED = "degraded"
 OPEN = "open"
 HALF_OPEN = "half-open"
 RESTARTING = "restarting"
+MISCONFIGURED = "misconfigured"
 
 T = TypeVar("T")
 
@@ -93,6 +101,9 @@ class LayerHealth:
         self._open_until: float | None = None
         self._probing = False
         self._restarting = False
+        self.configuration_errors = 0
+        self._misconfigured = False
+        """The last failure was a configuration error (see :meth:`failed`)."""
         self._reported = HEALTHY
 
     def __repr__(self) -> str:
@@ -108,6 +119,8 @@ class LayerHealth:
     def state(self) -> str:
         if self._restarting:
             return RESTARTING
+        if self._misconfigured:
+            return MISCONFIGURED
         now = self.clock()
         if self._open_until is not None:
             return OPEN if now < self._open_until else HALF_OPEN
@@ -116,11 +129,17 @@ class LayerHealth:
         return HEALTHY
 
     def until(self) -> float | None:
-        """When the current degraded or open window ends (on the stack's clock)."""
+        """When the current degraded or open window ends (on the stack's clock); for
+        a misconfigured part, when the window it is skipped for ends, if any."""
         state = self.state()
-        if state == OPEN:
+        now = self.clock()
+        if state == OPEN or (state == MISCONFIGURED and self._open_until is not None):
             return self._open_until
-        if state == DEGRADED:
+        if state == DEGRADED or (
+            state == MISCONFIGURED
+            and self._degraded_until is not None
+            and now < self._degraded_until
+        ):
             return self._degraded_until
         return None
 
@@ -211,6 +230,7 @@ class LayerHealth:
         self.consecutive_failures = 0
         self._degraded_until = None
         self._open_until = None
+        self._misconfigured = False
         self._report()
 
     def failed(self, error: BaseException, probe: bool) -> None:
@@ -219,6 +239,9 @@ class LayerHealth:
         self.failures += 1
         self.consecutive_failures += 1
         self.last_error = error
+        # Refused for good (a password, an ACL): not a flapping server, and said so.
+        self._misconfigured = is_configuration_error(error)
+        self.configuration_errors += self._misconfigured
         now = self.clock()
         if self.degradation is not None:
             self._degraded_until = now + self.degradation.retry_after
@@ -260,6 +283,13 @@ class LayerHealth:
         self._reported = state
         if state == HEALTHY:
             logger.info("layer %r is healthy again", self.name)
+        elif state == MISCONFIGURED:
+            logger.error(
+                "layer %r is misconfigured (retrying cannot help until the configuration "
+                "is fixed): %s",
+                self.name,
+                self.last_error,
+            )
         elif state == HALF_OPEN:
             logger.info("layer %r: circuit half-open, sending one probe", self.name)
         else:

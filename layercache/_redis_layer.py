@@ -48,8 +48,16 @@ from ._redis._adapter import ClientTransport
 from ._redis._address import RedisAddress
 from ._redis._connection import Command
 from ._redis._endpoint import RedisEndpoint, check_replies, unavailable
-from ._redis._errors import RedisConnectionError, RedisError, RedisReplyError
-from ._redis._scripts import DELETE, INVALIDATE_TAG, SCRIPTS, WRITE, Script, run_scripts
+from ._redis._errors import RedisConnectionError, RedisError, reply_error
+from ._redis._scripts import (
+    DELETE,
+    INVALIDATE_TAG,
+    SCRIPTS,
+    WRITE,
+    Script,
+    loading,
+    run_scripts,
+)
 from ._redis._transport import Transport
 from ._reply import ReplySlot
 from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
@@ -220,12 +228,8 @@ class RedisLayer(Layer):
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         # Read per request: resolved once (what anyio would look up each time).
         self._now, self._new_event = deadline_clock(), event_type()
-        # Every new connection loads the scripts first: a restarted server's empty
-        # script cache then costs nothing, and EVALSHA needs no NOSCRIPT round trip.
-        setup = [("SCRIPT", "LOAD", script.source) for script in SCRIPTS]
-        async with self.endpoint.transport(self.name, setup) as transport:
-            if isinstance(transport, ClientTransport):
-                await _load_scripts(transport)
+        # Every new connection loads the scripts first, and checks it can run them.
+        async with self.endpoint.transport(self.name, loading(SCRIPTS)) as transport:
             send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)
             with send, receive:
                 self._transport = transport
@@ -379,7 +383,7 @@ class RedisLayer(Layer):
         """Decode an MGET and its PTTLs: the records found, and the keys holding bad
         bytes. A record's deadlines are its remaining TTL from now, on the stack's clock."""
         if not isinstance(values, list):
-            return RedisReplyError(f"MGET failed: {values}")
+            return reply_error(values, "MGET failed")
         found: dict[str, Record] = {}
         corrupt: set[str] = set()
         now = self.clock()
@@ -706,19 +710,6 @@ class RedisLayer(Layer):
             errors=self._errors,
             corrupt=self._corrupt,
         )
-
-
-async def _load_scripts(transport: ClientTransport) -> None:
-    """Load the scripts through a ``client=`` at start, as ``url=`` connections do:
-    otherwise each script's first use costs a NOSCRIPT round trip (and a change that
-    carries the bus's message would publish it twice). Best effort, within the layer's
-    timeout: an unreachable server is the requests' business, and NOSCRIPT stays
-    handled."""
-    with anyio.move_on_after(transport.timeout):
-        try:
-            await transport.call([("SCRIPT", "LOAD", script.source) for script in SCRIPTS])
-        except RedisError as error:
-            logger.debug("could not load the scripts at start: %s", error)
 
 
 def _fail_waiting(receive: MemoryObjectReceiveStream[Request], error: RedisError) -> None:

@@ -71,6 +71,7 @@ def _bus_health(parts: Parts) -> dict[str, int]:
         "bus_errors": health.failures,
         "bus_skipped": health.skipped,
         "bus_dropped": health.dropped,
+        "bus_configuration_errors": health.configuration_errors,
     }
 
 
@@ -96,6 +97,7 @@ def _coordinator(parts: Parts, open_: bool) -> CoordinatorStatistics | None:
         errors=health.failures,
         skipped=health.skipped,
         consecutive_failures=health.consecutive_failures,
+        configuration_errors=health.configuration_errors,
     )
 
 
@@ -118,5 +120,6 @@ def _layers(parts: Parts, fast_hits: int) -> Iterable[LayerStatistics]:
                 consecutive_failures=health.consecutive_failures,
                 skipped=health.skipped,
                 dropped=health.dropped,
+                configuration_errors=health.configuration_errors,
             )
         yield stats

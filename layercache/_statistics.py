@@ -23,7 +23,9 @@ class LayerStatistics:
     state: str
     """The layer as the stack sees it: ``healthy``, ``degraded`` (skipped until
     ``state_until``), ``open`` (circuit breaker, until ``state_until``), ``half-open``
-    (one probe allowed), ``restarting`` (its actor crashed); or, when none of those
+    (one probe allowed), ``restarting`` (its actor crashed), ``misconfigured`` (its last
+    request failed on a configuration error, such as a password or an ACL change on the
+    server: until a request succeeds); or, when none of those
     applies, the layer's own ``disconnected`` (Redis not connected right now) or
     ``stopped`` (its stack is not running)."""
     hits: int
@@ -58,6 +60,9 @@ class LayerStatistics:
     """Requests not sent because the layer was degraded, open or restarting."""
     dropped: int = 0
     """Writes and deletes given up in graceful mode (not sent, or failed)."""
+    configuration_errors: int = 0
+    """Of ``errors``, those the server's configuration caused (a refused login, an ACL
+    that forbids a command): retrying cannot fix them (``state="misconfigured"``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,8 @@ class CoordinatorStatistics:
 
     state: str
     """The coordinator as the stack sees it (``healthy``, ``degraded``, ``open``,
-    ``half-open``, ``restarting``), or ``stopped`` outside the stack's block."""
+    ``half-open``, ``restarting``, ``misconfigured``), or ``stopped`` outside the
+    stack's block."""
     acquired: int
     """Locks this stack took (it fetched, or found the value just written)."""
     waits: int
@@ -87,6 +93,9 @@ class CoordinatorStatistics:
     had single-flight per process only."""
     consecutive_failures: int = 0
     """Failures since the last success (what the circuit breaker counts)."""
+    configuration_errors: int = 0
+    """Of ``errors``, those the server's configuration caused (see
+    :attr:`LayerStatistics.configuration_errors`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +141,7 @@ class CacheStatistics:
     as soon as Redis takes them."""
     bus_state: str | None = None
     """The bus as the stack sees it (``healthy``, ``degraded``, ``open``, …,
-    ``unsubscribed``); None without a bus."""
+    ``misconfigured``, ``unsubscribed``); None without a bus."""
     coordinator: CoordinatorStatistics | None = None
     """The distributed single-flight coordinator's counters; None without one."""
     bus_errors: int = 0
@@ -142,3 +151,6 @@ class CacheStatistics:
     bus_dropped: int = 0
     """Invalidations given up in graceful mode (skipped or failed): other instances may
     serve the affected entries from their memory layers until those expire."""
+    bus_configuration_errors: int = 0
+    """Of ``bus_errors``, those the server's configuration caused (see
+    :attr:`LayerStatistics.configuration_errors`)."""

@@ -37,6 +37,14 @@ class RedisAddress:
         """Which server this is, whatever the login and the database."""
         return (self.host, self.port, self.path, self.tls)
 
+    def tls_hint(self) -> str:
+        """What to add to a handshake that timed out or failed: a ``rediss://`` URL
+        pointed at a plain port stalls in the TLS handshake (the server waits for a
+        command), which says nothing by itself."""
+        if not self.tls:
+            return ""
+        return " (rediss:// speaks TLS: is this port a TLS port? For a plain one, use redis://)"
+
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
         if not self.tls_verify:

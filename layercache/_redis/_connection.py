@@ -19,8 +19,8 @@ from ._address import RedisAddress
 from ._errors import (
     RedisConfigurationError,
     RedisConnectionError,
-    RedisReplyError,
     map_connection_errors,
+    refusal,
 )
 
 logger = logging.getLogger("layercache.redis.transport")
@@ -29,6 +29,8 @@ Command = tuple[str | bytes | int | float, ...]
 READ_SIZE = 65536
 EAGER_READS = 16
 """Reads in a row that found data waiting before a read yields to other tasks anyway."""
+PEEK = 40
+"""Bytes of a reply that is not RESP shown in the error (a peer that is not Redis)."""
 
 
 def pack(commands: Sequence[Command]) -> bytes:
@@ -114,21 +116,24 @@ class Connection:
     ) -> Connection:
         """Connect, log in and run ``setup``. Run it under a deadline (``fail_after``).
 
-        ``setup`` commands (loading scripts, say) may fail without failing the
-        connection: each error is logged. With ``direct_writes``, later writes go
-        through :meth:`send_nowait` and :meth:`send_rest` only (see there).
+        Logging in checks the credentials and the database with a PING, so a server
+        that wants a password none was given for is refused here, not at the first
+        request. ``setup`` commands (loading scripts, say) may fail without failing
+        the connection (each error is logged), unless the reply says no retry can
+        help (see :func:`~._errors.refusal`: an unknown command, an ACL refusal).
+        With ``direct_writes``, later writes go through :meth:`send_nowait` and
+        :meth:`send_rest` only (see there).
 
-        :raises RedisConnectionError: unreachable, refused, TLS failure.
-        :raises RedisConfigurationError: the server refused AUTH or SELECT.
+        :raises RedisConnectionError: unreachable, refused, TLS failure, not Redis.
+        :raises RedisConfigurationError: the server refused the login, the database or
+            a ``setup`` command for good.
         """
         stream = await cls._connect(address, ssl_context)
         connection = cls(stream, address)
         try:
             await connection._log_in()
             if setup:
-                for command, reply in zip(setup, await connection.call(setup), strict=True):
-                    if isinstance(reply, hiredis.ReplyError):
-                        logger.warning("%s on %s: %s", command[0], address.display(), reply)
+                check_setup(address.display(), setup, await connection.call(setup))
             if direct_writes and not address.tls:
                 await connection._write_directly()
         except BaseException:
@@ -136,8 +141,22 @@ class Connection:
             raise
         return connection
 
+    @classmethod
+    async def _connect(
+        cls, address: RedisAddress, ssl_context: ssl.SSLContext | None
+    ) -> ByteStream:
+        hint = address.tls_hint()
+        try:
+            return await cls._open_stream(address, ssl_context)
+        except RedisConnectionError as error:
+            if hint and isinstance(error.__cause__, ssl.SSLError):
+                # A plain port answers the TLS greeting with a RESP error: "wrong
+                # version number" says nothing of the likely mistake.
+                raise RedisConnectionError(f"{error}{hint}") from error.__cause__
+            raise
+
     @staticmethod
-    async def _connect(address: RedisAddress, ssl_context: ssl.SSLContext | None) -> ByteStream:
+    async def _open_stream(address: RedisAddress, ssl_context: ssl.SSLContext | None) -> ByteStream:
         with map_connection_errors(f"cannot connect to {address.display()}"):
             if address.path is not None:
                 return await anyio.connect_unix(address.path)
@@ -153,19 +172,33 @@ class Connection:
             return await anyio.connect_tcp(address.host, address.port)
 
     async def _log_in(self) -> None:
+        """AUTH (with a password), SELECT (a database other than 0) and a PING, in one
+        round trip: the first refusal among them is a configuration error."""
         address = self.address
+        where = address.display()
+        commands: list[Command] = []
         if address.password is not None:
             login: Command = ("AUTH", address.password)
             if address.username:
                 login = ("AUTH", address.username, address.password)
-            await self._expect_ok(login, "authentication failed")
+            commands.append(login)
         if address.db:
-            await self._expect_ok(("SELECT", address.db), f"cannot select database {address.db}")
-
-    async def _expect_ok(self, command: Command, what: str) -> None:
-        (reply,) = await self.call([command])
-        if isinstance(reply, hiredis.ReplyError):
-            raise RedisConfigurationError(f"{what} on {self.address.display()}: {reply}")
+            commands.append(("SELECT", address.db))
+        commands.append(("PING",))
+        for command, reply in zip(commands, await self.call(commands), strict=True):
+            if not isinstance(reply, hiredis.ReplyError):
+                continue
+            if command[0] == "AUTH":
+                raise RedisConfigurationError(f"authentication failed on {where}: {reply}")
+            refused = refusal(where, command, reply)
+            if command[0] == "SELECT":
+                raise refused or RedisConfigurationError(
+                    f"cannot select database {address.db} on {where}: {reply}"
+                )
+            if refused is not None and str(reply).startswith("NOAUTH"):
+                raise refused
+            # A PING refused otherwise (LOADING, an ACL without it) proves nothing.
+            logger.debug("PING on %s: %s", where, reply)
 
     async def call(self, commands: Sequence[Command]) -> list[object]:
         """Send ``commands`` and read their replies (for set-up; the transport pipelines)."""
@@ -311,7 +344,11 @@ class Connection:
                 replies.append(reply)
                 reply = self.parser.gets()
         except hiredis.ProtocolError as error:
-            raise RedisConnectionError(f"protocol error from {self.address.display()}") from error
+            start = bytes(data[: min(size, PEEK)])
+            shown = repr(start) + ("…" if size > PEEK else "")
+            raise RedisConnectionError(
+                f"protocol error from {self.address.display()}: not a Redis reply, received {shown}"
+            ) from error
         return replies
 
     async def _receive_directly(self, direct: socket.socket) -> int:
@@ -348,8 +385,15 @@ class Connection:
                 pass
 
 
-def reply_error(reply: object) -> RedisReplyError | None:
-    """The error a reply carries, if it is one."""
-    if isinstance(reply, hiredis.ReplyError):
-        return RedisReplyError(str(reply))
-    return None
+def check_setup(where: str, setup: Sequence[Command], replies: list[object]) -> None:
+    """Log the error replies to ``setup`` commands, but raise the first that refuses
+    for good (see :func:`~._errors.refusal`).
+
+    :raises RedisConfigurationError: ``where`` lacks or forbids a ``setup`` command.
+    """
+    for command, reply in zip(setup, replies, strict=True):
+        if isinstance(reply, hiredis.ReplyError):
+            refused = refusal(where, command, reply)
+            if refused is not None:
+                raise refused
+            logger.warning("%s on %s: %s", command[0], where, reply)

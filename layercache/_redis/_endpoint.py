@@ -3,9 +3,10 @@
 Owns: the choice between ``url=`` (a :class:`~._transport.Transport` of our own) and
 ``client=`` (a ``redis.asyncio`` client through :class:`~._adapter.ClientTransport`),
 checked without I/O; starting that transport in a task group, where a refused start
-becomes the owner's :class:`~layercache.LayerUnavailableError`; and the translation of
-Redis errors and error replies into that error. Each of the three actors is made with
-one :class:`RedisEndpoint`.
+becomes the owner's :class:`~layercache.LayerUnavailableError` and nothing leaves as an
+exception group; and the translation of Redis errors and error replies into that error
+(a reply that refuses the configuration, such as ``NOPERM``, keeps saying so). Each of
+the three actors is made with one :class:`RedisEndpoint`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .._validation import check_duration
 from ._adapter import ClientTransport
 from ._address import RedisAddress, parse_redis_url
 from ._connection import Command
-from ._errors import RedisConfigurationError, RedisReplyError
+from ._errors import RedisConfigurationError, reply_error
 from ._subscription import ClientSubscription, ConnectionSubscription, Subscription
 from ._transport import Transport
 
@@ -64,10 +65,14 @@ class RedisEndpoint:
         to connect in the background; cancelled when the block ends.
 
         :param name: the owner's name, for :class:`LayerUnavailableError`.
-        :param setup: commands each new ``url=`` connection sends first.
+        :param setup: commands each new connection sends first (a ``client=``: once,
+            at the start), whose refusal for good fails the start.
         :raises LayerUnavailableError: the server refused the configuration (password,
-            database); raised by itself, not in an exception group.
+            database, a ``setup`` command it lacks or forbids).
         :raises TypeError: a ``client=`` under trio.
+
+        Whatever fails the start, or leaves the block, is raised by itself, not in an
+        exception group (the task group here is an implementation detail).
         """
         transport: Transport | ClientTransport
         if self.address is not None:
@@ -75,23 +80,26 @@ class RedisEndpoint:
                 self.address, timeout=self.timeout, ssl_context=self.ssl_context, setup=setup
             )
         else:
-            transport = ClientTransport(self.client, timeout=self.timeout)
-        refused: Exception | None = None
+            transport = ClientTransport(self.client, timeout=self.timeout, setup=setup)
+        failed: Exception | None = None
         async with anyio.create_task_group() as tasks:
             try:
                 await tasks.start(transport.run)
+            except RedisConfigurationError as error:
+                failed = unavailable(name, error)
+                failed.__cause__ = error
             except Exception as error:
-                # Raised below, outside the task group, so it is not wrapped in a group.
-                refused = error
+                failed = error
             else:
                 try:
                     yield transport
+                except Exception as error:
+                    failed = error  # the block's own failure (a bus that cannot subscribe)
                 finally:
                     tasks.cancel_scope.cancel()
-        if isinstance(refused, RedisConfigurationError):
-            raise unavailable(name, refused) from refused
-        if refused is not None:
-            raise refused
+        # Raised here, outside the task group, so it is not wrapped in a group.
+        if failed is not None:
+            raise failed
 
     async def subscribe(self, channel: str) -> Subscription:
         """Subscribe to ``channel``: on a connection of its own (``url=``), or through
@@ -114,11 +122,10 @@ def check_replies(name: str, replies: list[object]) -> list[object]:
     """``replies``, unless Redis answered one of the commands with an error.
 
     :raises LayerUnavailableError: for the first error reply, with a
-        :class:`RedisReplyError` as its cause.
+        :class:`RedisReplyError` as its cause (a :class:`RedisConfigurationError` for
+        a refusal such as ``NOPERM``: see :func:`reply_error`).
     """
     for reply in replies:
         if isinstance(reply, hiredis.ReplyError):
-            raise LayerUnavailableError(name, f"Redis answered: {reply}") from (
-                RedisReplyError(str(reply))
-            )
+            raise LayerUnavailableError(name, f"Redis answered: {reply}") from reply_error(reply)
     return replies

@@ -195,6 +195,19 @@ return 1
 
 SCRIPTS = (WRITE, DELETE, INVALIDATE_TAG)
 LOCK_SCRIPTS = (ACQUIRE, RENEW, RELEASE)
+PROBE = Script("return 1")
+"""Run once per connection: a server that loads scripts but cannot run them (an ACL
+without EVALSHA) is found out at the start, not at the first write."""
+
+
+def loading(scripts: Sequence[Script]) -> list[Command]:
+    """The set-up of a connection that runs ``scripts``: load them (a restarted
+    server's empty script cache then costs nothing, and EVALSHA needs no NOSCRIPT
+    round trip), and run :data:`PROBE`. A server that cannot run scripts refuses one
+    of these (``unknown command``, ``NOPERM``), which fails the start."""
+    commands: list[Command] = [("SCRIPT", "LOAD", script.source) for script in scripts]
+    commands += [("SCRIPT", "LOAD", PROBE.source), PROBE.evalsha([], [])]
+    return commands
 
 
 async def run_scripts(

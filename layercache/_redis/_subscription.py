@@ -18,7 +18,7 @@ import anyio
 
 from ._address import RedisAddress
 from ._connection import Connection, pack
-from ._errors import RedisConnectionError
+from ._errors import client_error
 
 Heard = Callable[[], None]
 Handle = Callable[[object], None]
@@ -127,15 +127,14 @@ class ClientSubscription:
 
 @contextmanager
 def _client_errors() -> Iterator[None]:
-    """redis-py's connection and timeout errors, as ours."""
+    """redis-py's errors, as ours (see :func:`client_error`)."""
     try:
         yield
-    except OSError as error:
-        raise RedisConnectionError(f"{type(error).__name__}: {error}") from error
     except Exception as error:
-        if type(error).__name__ in ("ConnectionError", "TimeoutError", "BusyLoadingError"):
-            raise RedisConnectionError(f"{type(error).__name__}: {error}") from error
-        raise
+        translated = client_error(error)
+        if translated is None:
+            raise
+        raise translated from error
 
 
 async def _close(pubsub: Any) -> None:

@@ -38,7 +38,7 @@ from .._backend import Event, event_type
 from .._clock import Clock, deadline_clock
 from ._address import RedisAddress
 from ._connection import Command, Connection, pack
-from ._errors import RedisConnectionError, RedisError
+from ._errors import RedisConfigurationError, RedisConnectionError, RedisError
 
 logger = logging.getLogger("layercache.redis.transport")
 
@@ -110,6 +110,9 @@ class Transport:
         self.new_event: Callable[[], Event] = anyio.Event
         self.connects = 0
         self.disconnects = 0
+        self.failure: RedisError | None = None
+        """Why the last attempt to connect failed; None once one succeeds."""
+        self._refusal = ""
 
     def __repr__(self) -> str:
         state = "connected" if self._connection is not None else "disconnected"
@@ -127,9 +130,11 @@ class Transport:
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         """Connect, then read replies and reconnect until cancelled.
 
-        A server that refuses the configuration (AUTH, SELECT) at the first attempt
-        fails the start; an unreachable one does not: the transport starts
-        disconnected and keeps trying in the background.
+        A server that refuses the configuration (AUTH, SELECT, a ``setup`` command it
+        lacks) at the first attempt fails the start with
+        :class:`RedisConfigurationError`; an unreachable one does not: the transport
+        starts disconnected and keeps trying in the background. A later refusal (a
+        password or ACL change) is logged as an error once, and the reconnects go on.
         """
         self.now, self.new_event = deadline_clock(), event_type()
         try:
@@ -147,6 +152,8 @@ class Transport:
                     delay = min(delay * 2, RECONNECT_MAX)
                     try:
                         await self._connect()
+                    except RedisConfigurationError as error:
+                        self._refused(error)
                     except RedisError as error:
                         logger.debug("reconnect to %s failed: %s", self.address.display(), error)
                     continue
@@ -160,6 +167,7 @@ class Transport:
                 await connection.aclose()
 
     async def _connect(self) -> None:
+        """Open a connection; a failure is kept for the requests that find none."""
         try:
             with anyio.fail_after(self.timeout):
                 connection = await Connection.open(
@@ -169,14 +177,41 @@ class Transport:
                     direct_writes=True,
                 )
         except TimeoutError as error:
-            raise RedisConnectionError(
-                f"connecting to {self.address.display()} timed out after {self.timeout} s"
-            ) from error
+            address = self.address
+            self.failure = RedisConnectionError(
+                f"connecting to {address.display()} timed out after {self.timeout} s"
+                + address.tls_hint()
+            )
+            raise self.failure from error
+        except RedisError as error:
+            self.failure = error
+            raise
+        self.failure = None
+        self._refusal = ""
         self._connection = connection
         self._connected.set()
         self.connects += 1
         if self.connects > 1:
             logger.info("reconnected to %s", self.address.display())
+
+    def _refused(self, error: RedisConfigurationError) -> None:
+        """A reconnect refused for good (a password or ACL changed): logged once per
+        reason as the configuration error it is; requests fail with it meanwhile."""
+        if str(error) != self._refusal:
+            self._refusal = str(error)
+            logger.error(
+                "%s: a configuration error; retrying in the background until it is fixed",
+                error,
+            )
+
+    def _not_connected(self) -> RedisError:
+        """The error for a request that finds no connection: why the last attempt to
+        connect failed, if it did (a configuration error stays one)."""
+        where = f"not connected to {self.address.display()}"
+        failure = self.failure
+        if isinstance(failure, RedisConfigurationError):
+            return RedisConfigurationError(f"{where}: {failure}")
+        return RedisConnectionError(f"{where}: {failure}" if failure is not None else where)
 
     async def wait_connected(self) -> None:
         """Return once a connection is up (at once if it is)."""
@@ -218,7 +253,7 @@ class Transport:
             now = self.now()
         connection = self._connection
         if connection is None:
-            deliver(RedisConnectionError(f"not connected to {self.address.display()}"))
+            deliver(self._not_connected())
             return
         if deadline <= now:
             # Its callers gave up while it waited its turn: sending it would only make

@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 
 from layercache import CircuitBreaker, GracefulDegradation, LayerUnavailableError
 from layercache._health import LayerHealth
+from layercache._redis._errors import RedisConfigurationError
 from layercache._supervisor import Supervisor
 from layercache.testing import FakeClock
 
@@ -207,3 +208,35 @@ async def test_supervisor_keeps_retrying_a_restart_that_fails_early() -> None:
             await third_run.wait()
             tg.cancel_scope.cancel()
     assert runs == 3
+
+
+def _refused() -> LayerUnavailableError:
+    error = LayerUnavailableError("redis", "Redis answered: NOPERM no permissions")
+    error.__cause__ = RedisConfigurationError("Redis answered: NOPERM no permissions")
+    return error
+
+
+@pytest.mark.parametrize("graceful", [False, True])
+def test_a_configuration_error_reads_as_misconfigured_until_a_success(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture, graceful: bool
+) -> None:
+    degradation = GracefulDegradation(retry_after=10) if graceful else None
+    health = _health(clock, degradation=degradation)
+    caplog.set_level(logging.INFO, logger="layercache.health")
+    health.failed(_refused(), False)
+    assert health.state() == "misconfigured"
+    assert health.configuration_errors == 1
+    assert health.until() == (clock.now + 10 if graceful else None)
+    clock.advance(10)  # the window is over: still misconfigured, not "healthy"
+    assert health.state() == "misconfigured"
+    assert health.admit() is False  # tried again: a fixed configuration is noticed
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "misconfigured" in errors[0].getMessage()
+    health.failed(BOOM, False)  # a plain failure is a plain failure again
+    assert health.state() == ("degraded" if graceful else "healthy")
+    clock.advance(10)
+    health.failed(_refused(), False)
+    health.succeeded(False)
+    assert health.state() == "healthy"
+    assert health.configuration_errors == 2
