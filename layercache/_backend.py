@@ -64,16 +64,19 @@ def running_loop() -> LoopIdentity:
     Both libraries are asked, because they nest in one thread: a trio task can call
     ``asyncio.run()`` synchronously and an asyncio task ``trio.run()`` (the outer one's
     marker stays set inside), and trio's guest mode runs trio inside an asyncio loop.
-    Trio marks each task step in sniffio's thread-local (asyncio's nested in it still
-    sees it: then both are set, which is neither the trio run's identity nor the nested
-    loop's alone). About 60 ns on asyncio, 150 ns on trio.
+    Inside a nested loop both are set, which is neither loop's identity alone.
     """
-    loop = asyncio._get_running_loop()
+    return (asyncio._get_running_loop(), _trio_run())
+
+
+def _trio_run() -> object:
+    """The running trio run's token, or ``None``. Trio marks each of its task steps in
+    sniffio's thread-local (a loop nested in a step still sees the mark)."""
     if _sniffio is None or _sniffio.name != "trio":
-        return (loop, None)
+        return None
     import trio
 
-    return (loop, trio.lowlevel.current_trio_token())
+    return trio.lowlevel.current_trio_token()
 
 
 def describe_loop(identity: LoopIdentity) -> str:
@@ -95,20 +98,21 @@ class Owner:
     A stack changes its state without locks because one thread runs it, and what it
     awaits belongs to one loop (a trio event cannot be awaited on asyncio, an asyncio
     future not on another loop): a call from anywhere else would corrupt it, so it is
-    refused before it touches anything.
+    refused before it touches anything. The check costs about 0.2 µs on asyncio and
+    0.3 µs on trio.
     """
 
-    __slots__ = ("loop", "thread", "thread_name")
+    __slots__ = ("asyncio_loop", "thread", "thread_name", "trio_run")
 
     def __init__(self) -> None:
         """Record the calling thread and loop: call it from the owner's task."""
         self.thread = threading.get_ident()
         """The owner thread's :func:`threading.get_ident`."""
         self.thread_name = threading.current_thread().name
-        self.loop = running_loop()
+        self.asyncio_loop, self.trio_run = running_loop()
 
     def __repr__(self) -> str:
-        return f"<Owner thread={self.thread_name!r} {describe_loop(self.loop)}>"
+        return f"<Owner thread={self.thread_name!r} {self._loop_words()}>"
 
     def check(self, what: str) -> None:
         """Return if the caller runs on the owner's thread and loop.
@@ -124,10 +128,13 @@ class Owner:
                 f"use a stack only from the thread and event loop that entered it (from "
                 f"a worker thread, hand the call to that loop: anyio.from_thread.run)"
             )
-        loop = running_loop()
-        if loop[0] is not self.loop[0] or loop[1] is not self.loop[1]:
+        if asyncio._get_running_loop() is not self.asyncio_loop or _trio_run() is not self.trio_run:
             raise RuntimeError(
-                f"{what} was called from {describe_loop(loop)}, but this CacheStack "
-                f"belongs to {describe_loop(self.loop)} of thread {self.thread_name!r}, "
-                f"which entered it: use a stack only from the event loop that entered it"
+                f"{what} was called from {describe_loop(running_loop())}, but this "
+                f"CacheStack belongs to {self._loop_words()} of thread "
+                f"{self.thread_name!r}, which entered it: use a stack only from the event "
+                f"loop that entered it"
             )
+
+    def _loop_words(self) -> str:
+        return describe_loop((self.asyncio_loop, self.trio_run))

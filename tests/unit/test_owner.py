@@ -10,6 +10,7 @@ worker's answer and then compares the owner's state; the deadlines only stop a h
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import replace
 
 import anyio
@@ -120,3 +121,27 @@ async def test_statistics_are_read_from_any_thread_on_any_loop_clock() -> None:
         assert stats == cache.statistics()
         assert stats.hits == 1
         assert stats.layers[0].state == "healthy"
+
+
+async def test_the_refusal_says_who_called_and_who_owns(anyio_backend_name: str) -> None:
+    async with CacheStack([MemoryLayer()]) as cache:
+        owner = threading.current_thread().name
+        outcomes: dict[str, object] = {}
+
+        def intrude() -> None:
+            outcomes.update(call_foreign(cache, "none"))
+
+        def in_a_named_thread() -> None:
+            thread = threading.Thread(target=intrude, name="intruder")
+            thread.start()
+            thread.join()
+
+        await anyio.to_thread.run_sync(in_a_named_thread)
+        assert str(outcomes["set"]).startswith(
+            f"CacheStack.set() was called from thread 'intruder', but this CacheStack "
+            f"belongs to thread {owner!r}, which entered it"
+        )
+        nested = "trio" if anyio_backend_name == "asyncio" else "asyncio"
+        message = str(call_foreign(cache, nested)["clear"])
+        assert message.startswith("CacheStack.clear() was called from a trio run and an asyncio")
+        assert f"belongs to {anyio_backend_name} " in message
