@@ -25,7 +25,7 @@ from layercache import (
 )
 from layercache.testing import RedisServer
 
-from ..helpers import FOREIGN_CALLS, call_foreign, refusals
+from ..foreign import FOREIGN_CALLS, call_foreign, refusals
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ import trio.testing
 
 from layercache import CacheStack, CacheStatistics, MemoryLayer
 
-from ..helpers import FOREIGN_CALLS, call_foreign, refusals
+from ..foreign import FOREIGN_CALLS, call_foreign, refusals
 
 pytestmark = pytest.mark.anyio
 
