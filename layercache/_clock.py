@@ -40,7 +40,9 @@ def loop_clock() -> Clock:
     is the same clock for TTLs: where the loop runs its default real-time clock, the C
     function underneath is used directly (``time.monotonic`` for asyncio's default loop,
     ``time.perf_counter`` for trio's ``SystemClock``, 40 ns instead of 80-170 ns).
-    A mock or custom loop clock is always called as it is.
+    A mock or custom loop clock is always called as it is, through the clock object
+    itself rather than ``trio.current_time`` (which looks up the run in the calling
+    thread): ``statistics()`` reads it from any thread.
     """
     if running_library() == "trio":
         import trio
@@ -49,7 +51,7 @@ def loop_clock() -> Clock:
         kind = type(clock)
         if kind.__name__ == "SystemClock" and kind.__module__.startswith("trio."):
             return time.perf_counter
-        return trio.current_time
+        return clock.current_time
     loop = asyncio.get_running_loop()
     if type(loop).time is asyncio.BaseEventLoop.time:
         return time.monotonic
