@@ -7,19 +7,19 @@ sooner and never before Redis has it (one connection runs its commands in order)
 Otherwise, or when the carried publish was skipped, failed or refused, the listener
 publishes them on the bus's own connection after the change.
 
-One deadline per call: a change of one request and its announcement together wait at
-most the slowest remote layer's ``timeout`` (the bus's own ``timeout`` where no layer
-has one); past it the announcement is not waited for, and not dropped: the listener
-keeps it and publishes it as soon as it can (the publish under way may land too: peers
-drop keys twice, harmlessly). So is the announcement of a change whose outcome is
-unknown (a write that failed after it may have reached Redis), whatever stopped it.
+One deadline per call: a change of one request has the slowest remote layer's
+``timeout`` (the bus's own ``timeout`` where no layer has one). An announcement whose
+call has used it all (a black-holed Redis made the change wait that long) is not
+published then, and not dropped: the listener keeps it and publishes it as soon as
+Redis takes it. So is the announcement of a change whose outcome is unknown (a write
+that failed after it may have reached Redis), whatever stopped it. Otherwise the publish
+has the bus's own ``timeout``. No timer is set per call: the deadline is one reading of
+the loop's clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import anyio
 
 from ._bus import BusMessage, RedisInvalidationBus
 from ._exceptions import LayerUnavailableError
@@ -86,22 +86,20 @@ class Announcer:
         if announce is not None and announce.sent:
             listener.carried(len(messages))
             return
+        if self._parts.loop_time() >= deadline:
+            self.later(messages)  # the call's time is up: kept, not waited for
+            return
         # Skipped, failed or refused with the change (which may still have published
         # it): once more on the bus's own connection. Peers drop keys twice, harmlessly.
-        # Waited for until the call's deadline only: past it the publish may still go
-        # out (nobody waits for it), and the messages are kept to be sure.
         outcome: object = None
-        with anyio.move_on_after(deadline - self._parts.loop_time()) as waited:
-            try:
-                guard = self._parts.guards[listener]
-                # Kept messages are not dropped ones: not counted as such when surely.
-                outcome = await guard.call(listener.publish, messages, write=not surely)
-            except LayerUnavailableError:
-                if not surely:
-                    raise
-        if waited.cancelled_caught or (
-            surely and (outcome is None or isinstance(outcome, Skipped))
-        ):
+        try:
+            # Kept messages are not dropped ones: not counted as such when surely.
+            guard = self._parts.guards[listener]
+            outcome = await guard.call(listener.publish, messages, write=not surely)
+        except LayerUnavailableError:
+            if not surely:
+                raise
+        if surely and (outcome is None or isinstance(outcome, Skipped)):
             self.later(messages)
 
 

@@ -58,7 +58,8 @@ class BusMessage:
 
 
 def encode(message: BusMessage, secret: bytes | None) -> bytes:
-    body = _JSON.dumps(
+    # Checked fields only (str, a list of checked keys, a tag or None): no walk needed.
+    body = _JSON.dumps_checked(
         {"o": message.origin, "op": message.op, "k": list(message.keys), "t": message.tag}
     )
     if secret is None:

@@ -161,8 +161,8 @@ async def test_a_slow_bus_on_a_healthy_server_does_not_fail_the_change(
     redis_server: RedisServer, proxy: FaultProxy, prefix: str
 ) -> None:
     # The layer answers within its timeout, but the bus's round trip is longer than
-    # what is left of the call's deadline: the announcement is kept for later, not
-    # waited for, and nothing counts as failed.
+    # what is left of the call's deadline: the publish still has the bus's own timeout,
+    # so nothing fails, nothing counts as failed and the peer hears of it.
     assert redis_server.port is not None
     with anyio.fail_after(BOUND), FaultProxy("127.0.0.1", redis_server.port) as slow_bus:
         async with _writer_and_peer(redis_server, proxy, prefix, "strict", slow_bus.url) as (
@@ -177,7 +177,6 @@ async def test_a_slow_bus_on_a_healthy_server_does_not_fail_the_change(
             await writer.set("price", 120)
             stats = writer.statistics()
             assert (stats.bus_errors, stats.bus_state) == (0, "healthy")
-            assert stats.invalidations_deferred >= 1
             assert await writer.get("price") == 120
             await invalidations_received(peer, heard + 1)
             assert await peer.get("price") == 120
