@@ -90,6 +90,17 @@ class Connection:
         self._lost: anyio.Event | None = None
         self._lost_error: RedisConnectionError | None = None
         self._eager_reads = 0
+        self._received = 0
+        self._sent = 0
+
+    def progress(self) -> int:
+        """A count that grows whenever bytes move either way (read, or written to the
+        socket): a transfer still flowing, unlike a server that stopped answering."""
+        pushed = self._pushed
+        if pushed is not None and pushed.transport is not None:
+            # asyncio buffers what the socket does not take yet: count what it wrote.
+            return self._received + self._sent - pushed.transport.get_write_buffer_size()
+        return self._received + self._sent
 
     @property
     def pushes(self) -> bool:
@@ -288,42 +299,58 @@ class Connection:
             if transport is None or transport.is_closing():
                 raise RedisConnectionError(f"writing to {self.address.display()}: closed")
             transport.write(data)  # what the socket does not take now, it buffers
+            self._sent += len(data)
             return len(data)
         direct = self._direct
         if direct is None:
             return 0
         try:
-            return direct.send(data)
+            sent = direct.send(data)
         except BlockingIOError:
             return 0
         except OSError as error:
             raise RedisConnectionError(
                 f"writing to {self.address.display()} failed: {error}"
             ) from error
+        self._sent += sent
+        return sent
 
-    async def send_rest(self, data: bytes) -> None:
-        """Write ``data`` (what :meth:`send_nowait` did not), waiting for room.
+    async def send_rest(self, data: bytes, stalled: float) -> None:
+        """Write ``data`` (what :meth:`send_nowait` did not), waiting for room, for at
+        most ``stalled`` seconds at a time with nothing written.
 
         A cancelled write may leave part of ``data`` unsent: shield it, and give up the
         connection if it does not finish.
+
+        :raises RedisConnectionError: broken, or no room for ``stalled`` seconds.
         """
+        timed_out = RedisConnectionError(f"writing to {self.address.display()} timed out")
         direct = self._direct
         if direct is None:
-            await self.send(data)
+            with anyio.move_on_after(stalled) as waited:  # TLS: one wait for it all
+                await self.send(data)
+            if waited.cancelled_caught:
+                raise timed_out
             return
         rest = memoryview(data)
         while rest:
             with map_connection_errors(f"writing to {self.address.display()} failed"):
-                await anyio.wait_writable(direct)
+                with anyio.move_on_after(stalled) as waited:
+                    await anyio.wait_writable(direct)
+                if waited.cancelled_caught:
+                    raise timed_out
                 try:
-                    rest = rest[direct.send(rest) :]
+                    sent = direct.send(rest)
                 except BlockingIOError:
                     continue
+                self._sent += sent
+                rest = rest[sent:]
 
     async def send(self, data: bytes) -> None:
         """Write through the stream (set-up, subscriptions: not after direct writes)."""
         with map_connection_errors(f"writing to {self.address.display()} failed"):
             await self.stream.send(data)
+        self._sent += len(data)
 
     async def receive(self) -> list[object]:
         """Wait for data and return every complete reply it finished (maybe none)."""
@@ -336,6 +363,7 @@ class Connection:
 
     def _parse(self, data: bytes | memoryview, size: int) -> list[object]:
         """Every complete reply the first ``size`` bytes of ``data`` finish (maybe none)."""
+        self._received += size
         self.parser.feed(data, 0, size)  # type: ignore[arg-type]  # any buffer will do
         replies: list[object] = []
         try:

@@ -270,19 +270,19 @@ class Transport:
             await self._break(connection, error)
             return
         if sent < len(data):
-            await self._send_rest(connection, data[sent:], deadline)
+            await self._send_rest(connection, data[sent:])
 
-    async def _send_rest(self, connection: Connection, rest: bytes, deadline: float) -> None:
+    async def _send_rest(self, connection: Connection, rest: bytes) -> None:
         writing = self._writing = anyio.Event()
         error: RedisConnectionError | None = None
         try:
-            with anyio.CancelScope(shield=True, deadline=deadline) as write:
+            # The timeout bounds waiting for the socket, not a write that is moving: a
+            # large value may take longer to go out, as long as bytes keep going.
+            with anyio.CancelScope(shield=True):
                 try:
-                    await connection.send_rest(rest)
+                    await connection.send_rest(rest, stalled=self.timeout)
                 except RedisConnectionError as failure:
                     error = failure
-            if write.cancelled_caught:
-                error = RedisConnectionError(f"writing to {self.address.display()} timed out")
         finally:
             self._writing = None
             writing.set()
@@ -299,6 +299,7 @@ class Transport:
         while self._connection is connection:
             pending = self._pending
             first = min((batch.deadline for batch in pending), default=math.inf)
+            progress = connection.progress()
             with anyio.CancelScope(deadline=first) as scope:
                 self._read_scope = scope
                 try:
@@ -308,7 +309,14 @@ class Transport:
             if not scope.cancelled_caught:
                 return  # the connection broke
             now = anyio.current_time()
-            if any(batch.deadline <= now for batch in self._pending):
+            overdue = [batch for batch in self._pending if batch.deadline <= now]
+            if overdue and connection.progress() != progress:
+                # Bytes moved meanwhile (replies come in order, so for the oldest
+                # batch): a large transfer under way, not a server that stopped
+                # answering. The deadline bounds waiting, not moving: one more timeout.
+                for batch in overdue:
+                    batch.deadline = now + self.timeout
+            elif overdue:
                 error = RedisConnectionError(
                     f"no reply from {self.address.display()} within {self.timeout} s"
                 )

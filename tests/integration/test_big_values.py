@@ -1,0 +1,45 @@
+"""A large value moving slowly is not a dead server: the layer's timeout bounds waiting
+for Redis, not a transfer whose bytes keep flowing (DESIGN §2 "Big values").
+
+The values go through a :class:`~layercache.testing.FaultProxy` passing everything
+through: relaying 100 MB takes it well over the layer's 0.4 s timeout, while no single
+wait (for room in the socket, for Redis to run the write, for the next bytes) does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from layercache import CacheStack, MemoryLayer, RedisLayer
+from layercache.testing import FaultProxy, RedisServer
+
+pytestmark = pytest.mark.anyio
+
+SIZE = 100_000_000
+TIMEOUT = 0.4
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    assert redis_server.port is not None
+    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
+        yield proxy
+
+
+async def test_a_large_value_that_keeps_moving_does_not_time_out(
+    proxy: FaultProxy, prefix: str
+) -> None:
+    memory = MemoryLayer()
+    layer = RedisLayer(url=proxy.url, prefix=prefix, timeout=TIMEOUT, max_value_size=2 * SIZE)
+    with anyio.fail_after(60):
+        async with CacheStack([memory, layer]) as cache:
+            value = "x" * SIZE
+            await cache.set("big", value)  # out through the proxy: longer than TIMEOUT
+            memory.clear_nowait()
+            assert await cache.get("big") == value  # and back in
+            await cache.set("small", 1)  # the connection is still the same, and healthy
+            assert layer.statistics().errors == 0
+            await cache.delete("big")
