@@ -27,6 +27,7 @@ this layer wrote are a miss: the key is deleted and counted
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -249,6 +250,7 @@ class RedisLayer(Layer):
     async def _serve(
         self, transport: Transport | ClientTransport, receive: MemoryObjectReceiveStream[Request]
     ) -> None:
+        answered = transport.answered
         while True:
             try:
                 batch = [receive.receive_nowait()]
@@ -265,8 +267,13 @@ class RedisLayer(Layer):
                         break
                 writer = self._writer
                 assert writer is not None
+                # Requests that went late only while a round trip before them was being
+                # answered (a large value that kept moving) waited for a transfer, not
+                # for Redis: they get a fresh deadline instead of failing.
+                renew = transport.answered != answered
                 async with writer:
-                    await self._dispatch(transport, batch)
+                    await self._dispatch(transport, batch, renew)
+                answered = transport.answered
             except BaseException:
                 # Requests in hand are answered whatever happens: callers rely on it.
                 error = RedisConnectionError("the Redis layer's actor failed")
@@ -276,19 +283,30 @@ class RedisLayer(Layer):
             finally:
                 self._queued -= len(batch)
 
-    async def _dispatch(self, transport: Transport | ClientTransport, batch: list[Request]) -> None:
+    def _on_time(self, batch: list[Request], renew: bool) -> list[Request]:
+        """The requests of ``batch`` still worth sending; the late ones are answered
+        (``renew``: given a fresh deadline instead, see :meth:`_serve`)."""
         now = self._now()
-        if any(request.deadline <= now for request in batch):
-            # Their callers have given up: answering them is enough. Sending them would
-            # hand the transport a deadline already past, and it would drop a healthy
-            # connection for it.
-            late = RedisConnectionError(f"no answer within {self.timeout} s (queued too long)")
-            for request in batch:
-                if request.deadline <= now:
-                    request.reply.fail(late)
-            batch = [request for request in batch if request.deadline > now]
-            if not batch:
-                return
+        if not any(request.deadline <= now for request in batch):
+            return batch
+        if renew:
+            fresh = now + self.timeout
+            return [dataclasses.replace(request, deadline=fresh) for request in batch]
+        # Their callers have given up: answering them is enough. Sending them would
+        # hand the transport a deadline already past, and it would drop a healthy
+        # connection for it.
+        late = RedisConnectionError(f"no answer within {self.timeout} s (queued too long)")
+        for request in batch:
+            if request.deadline <= now:
+                request.reply.fail(late)
+        return [request for request in batch if request.deadline > now]
+
+    async def _dispatch(
+        self, transport: Transport | ClientTransport, batch: list[Request], renew: bool = False
+    ) -> None:
+        batch = self._on_time(batch, renew)
+        if not batch:
+            return
         if len(batch) == 1:  # a lone request: no batching to do
             await self._dispatch_one(transport, batch[0])
             return

@@ -43,6 +43,8 @@ class ClientTransport:
         self._in_flight = 0
         self._idle = IdleSignal()
         self.connected = True
+        self.answered = 0
+        """Batches answered so far (see ``Transport.answered``)."""
         self.new_event: Callable[[], Event] = anyio.Event
 
     def __repr__(self) -> str:
@@ -149,6 +151,7 @@ class ClientTransport:
             raise
         else:
             self.connected = True
+            self.answered += 1
             deliver([_normalize(reply) for reply in replies])
 
 

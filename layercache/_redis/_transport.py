@@ -101,6 +101,9 @@ class Transport:
         """Set while a caller reads; the reader stands by until it is set."""
         self._standby = False
         """The reader is standing by (or about to stop): it does not touch the socket."""
+        self.answered = 0
+        """Batches answered so far: a count, so the layer can tell that what it waited
+        behind was answered (a long transfer) rather than failed."""
         self._writing: anyio.Event | None = None
         """Set while a batch the socket did not take at once is being written."""
         self._connected = anyio.Event()
@@ -423,6 +426,7 @@ class Transport:
             batch.replies.append(reply)
             if len(batch.replies) == batch.count:
                 pending.popleft()
+                self.answered += 1
                 if not pending:
                     self._idle.notify()
                 batch.deliver(batch.replies)

@@ -43,3 +43,29 @@ async def test_a_large_value_that_keeps_moving_does_not_time_out(
             await cache.set("small", 1)  # the connection is still the same, and healthy
             assert layer.statistics().errors == 0
             await cache.delete("big")
+
+
+async def test_requests_behind_a_large_transfer_wait_for_it_and_do_not_fail(
+    proxy: FaultProxy, prefix: str
+) -> None:
+    memory = MemoryLayer()
+    layer = RedisLayer(url=proxy.url, prefix=prefix, timeout=TIMEOUT, max_value_size=2 * SIZE)
+    with anyio.fail_after(60):
+        async with CacheStack([memory, layer]) as cache:
+            value = "x" * SIZE
+            await cache.set("big", value)
+            await cache.set_many({f"small:{n}": n for n in range(20)})
+            memory.clear_nowait()
+            got: dict[str, object] = {}
+
+            async def read(key: str) -> None:
+                got[key] = await cache.get(key)
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(read, "big")  # goes first, alone
+                await anyio.wait_all_tasks_blocked()
+                for n in range(20):  # queued behind it, longer than TIMEOUT
+                    tasks.start_soon(read, f"small:{n}")
+            assert got == {"big": value, **{f"small:{n}": n for n in range(20)}}
+            assert layer.statistics().errors == 0
+            await cache.delete("big")
