@@ -22,8 +22,8 @@ here, plus its bus operation (the message format in ``_bus`` and :func:`from_mes
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from typing import ClassVar
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import ClassVar, TypeVar
 
 from ._announce import Announcer
 from ._bus import BusMessage, split_keys
@@ -33,6 +33,8 @@ from ._layer import Layer, LocalLayer
 from ._parts import Parts
 from ._redis_layer import Announcement, RedisLayer
 from ._single_flight import SingleFlight
+
+T = TypeVar("T")
 
 
 class Invalidation(ABC):
@@ -164,18 +166,8 @@ class InvalidationPath:
         announce = self._announcer.announcement(messages) if change.carried else None
         removed: set[str] = set()
         change.fence(parts.single_flight)
-        try:
-            certain = await self._apply_remote(change, announce, removed)
-        except NotSent:
-            raise  # refused before anything was sent: nothing changed
-        except LayerUnavailableError:
-            self.apply_here(change)
-            await self._announcer.send(messages, deadline, surely=True)
-            raise
-        except BaseException:  # cancelled (the caller gave up): no await from here
-            self.apply_here(change)
-            self._announcer.later(messages)
-            raise
+        remote = self._apply_remote(change, announce, removed)
+        certain = await self.remote_part(change, messages, deadline, remote)
         change.fence(parts.single_flight)
         for local in parts.every_local:
             removed.update(change.apply_local(local))
@@ -198,6 +190,39 @@ class InvalidationPath:
             elif not isinstance(found, Skipped):
                 removed.update(found)
         return certain
+
+    async def remote_part(
+        self,
+        change: Invalidation,
+        messages: Sequence[BusMessage],
+        deadline: float,
+        remote: Awaitable[T],
+    ) -> T:
+        """Await ``remote``, the remote part of a change (an invalidation, or a write,
+        whose meaning for memory is ``change``). If it fails after it may have reached
+        Redis, or its caller gives up, its outcome is unknown: ``change`` is applied
+        here and announced surely before the error goes on, so no instance serves the
+        old entries from memory. A request refused before anything was sent changed
+        nothing, and only raises.
+        """
+        try:
+            return await remote
+        except NotSent:
+            raise
+        except LayerUnavailableError:
+            await self.settle_unknown(change, messages, deadline)
+            raise
+        except BaseException:  # cancelled: no await from here, the listener announces
+            self.apply_here(change)
+            self._announcer.later(messages)
+            raise
+
+    async def settle_unknown(
+        self, change: Invalidation, messages: Sequence[BusMessage], deadline: float
+    ) -> None:
+        """A change with an unknown outcome: ``change`` here, announced surely."""
+        self.apply_here(change)
+        await self._announcer.send(messages, deadline, surely=True)
 
     def receive(self, message: BusMessage) -> None:
         """Another stack changed something: drop it here (the listener calls this)."""

@@ -121,9 +121,9 @@ class CacheStack:
         """This stack's id on the invalidation bus (it ignores its own messages)."""
         announcer = Announcer(parts)
         self._reads = ReadPath(parts)
-        self._writes = WritePath(parts, announcer)
-        self._loads = LoadPath(parts, self._reads, self._writes)
         self._invalidations = InvalidationPath(parts, announcer)
+        self._writes = WritePath(parts, announcer, self._invalidations)
+        self._loads = LoadPath(parts, self._reads, self._writes)
         parts.single_flight.bind(self._loads.load, self._reads.read_flights)
         self._lifecycle = Lifecycle(parts, self._invalidations, clock)
         self._state = _NEW

@@ -30,9 +30,9 @@ import enum
 from collections.abc import Mapping, Sequence
 
 from ._announce import Announcer
-from ._bus import BusMessage, split_keys
-from ._exceptions import LayerUnavailableError
-from ._health import FAILED, NotSent
+from ._bus import split_keys
+from ._health import FAILED
+from ._invalidation import DropKeys, InvalidationPath
 from ._layer import Layer
 from ._parts import Parts
 from ._record import Record
@@ -57,9 +57,10 @@ STORED, UNKNOWN, LOCK_LOST = Outcome.STORED, Outcome.UNKNOWN, Outcome.LOCK_LOST
 
 
 class WritePath:
-    def __init__(self, parts: Parts, announcer: Announcer) -> None:
+    def __init__(self, parts: Parts, announcer: Announcer, invalidations: InvalidationPath) -> None:
         self._parts = parts
         self._announcer = announcer
+        self._invalidations = invalidations
         layers = parts.layers
         self._slowest_first = tuple(
             (layer, not layer.local and (index == 0 or layers[index - 1].local))
@@ -131,41 +132,15 @@ class WritePath:
         messages = split_keys(self._parts.origin, keys)
         announce = self._announcer.announcement(messages)
         single_flight.fence_keys(keys)
-        try:
-            outcome = await self._write_remote(writes, announce=announce)
-        except NotSent:
-            raise  # refused before anything was sent: nothing changed
-        except LayerUnavailableError:
-            await self._drop_everywhere(keys, messages, deadline)
-            raise
-        except BaseException:  # cancelled (the caller gave up): no await from here
-            self._drop_here(keys, messages)
-            raise
+        drop = DropKeys(keys)  # what an unknown outcome means for memory
+        remote = self._write_remote(writes, announce=announce)
+        outcome = await self._invalidations.remote_part(drop, messages, deadline, remote)
         if outcome is UNKNOWN:
-            await self._drop_everywhere(keys, messages, deadline)
+            await self._invalidations.settle_unknown(drop, messages, deadline)
             return
         single_flight.fence_keys(keys)
         self._write_local(writes)
         await self._announcer.send(messages, deadline, announce)
-
-    async def _drop_everywhere(
-        self, keys: Sequence[str], messages: Sequence[BusMessage], deadline: float
-    ) -> None:
-        """A write with an unknown outcome: no local layer, here or on another instance,
-        may go on serving what the keys held before."""
-        self._drop_local(keys)
-        await self._announcer.send(messages, deadline, surely=True)
-
-    def _drop_here(self, keys: Sequence[str], messages: Sequence[BusMessage]) -> None:
-        """:meth:`_drop_everywhere` without an await (a cancelled write): the drop is
-        announced by the listener later."""
-        self._drop_local(keys)
-        self._announcer.later(messages)
-
-    def _drop_local(self, keys: Sequence[str]) -> None:
-        self._parts.single_flight.fence_keys(keys)
-        for layer in self._parts.every_local:
-            layer.delete_many_nowait(keys)
 
     async def store(self, flight: Flight, writes: Writes, token: str | None) -> bool:
         """Store a load's result unless a change made its flight stale; False if it was
