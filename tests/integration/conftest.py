@@ -6,9 +6,23 @@ When no server binary can be found or started, the fixtures raise, so the tests 
 them fail instead of being skipped (DESIGN §6).
 """
 
+from collections.abc import Iterator
+
+import pytest
+
+from layercache.testing import FaultProxy, RedisServer
+
 from ..redis_fixtures import own_redis_server as own_redis_server
 from ..redis_fixtures import password_redis_server as password_redis_server
 from ..redis_fixtures import redis_server as redis_server
 from ..redis_fixtures import redis_url as redis_url
 from ..redis_fixtures import tls_redis_server as tls_redis_server
 from ..redis_fixtures import unix_redis_server as unix_redis_server
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    """A :class:`~layercache.testing.FaultProxy` in front of the session's server."""
+    assert redis_server.port is not None
+    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
+        yield proxy

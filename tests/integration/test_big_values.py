@@ -8,13 +8,11 @@ wait (for room in the socket, for Redis to run the write, for the next bytes) do
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import anyio
 import pytest
 
 from layercache import CacheStack, MemoryLayer, RedisLayer
-from layercache.testing import FaultProxy, RedisServer
+from layercache.testing import FaultProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -22,18 +20,16 @@ SIZE = 100_000_000
 TIMEOUT = 0.4
 
 
-@pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    assert redis_server.port is not None
-    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
-        yield proxy
+def _layers(proxy: FaultProxy, prefix: str) -> tuple[MemoryLayer, RedisLayer]:
+    """Memory in front of Redis through the proxy, with room for the large value."""
+    layer = RedisLayer(url=proxy.url, prefix=prefix, timeout=TIMEOUT, max_value_size=2 * SIZE)
+    return MemoryLayer(), layer
 
 
 async def test_a_large_value_that_keeps_moving_does_not_time_out(
     proxy: FaultProxy, prefix: str
 ) -> None:
-    memory = MemoryLayer()
-    layer = RedisLayer(url=proxy.url, prefix=prefix, timeout=TIMEOUT, max_value_size=2 * SIZE)
+    memory, layer = _layers(proxy, prefix)
     with anyio.fail_after(60):
         async with CacheStack([memory, layer]) as cache:
             value = "x" * SIZE
@@ -48,8 +44,7 @@ async def test_a_large_value_that_keeps_moving_does_not_time_out(
 async def test_requests_behind_a_large_transfer_wait_for_it_and_do_not_fail(
     proxy: FaultProxy, prefix: str
 ) -> None:
-    memory = MemoryLayer()
-    layer = RedisLayer(url=proxy.url, prefix=prefix, timeout=TIMEOUT, max_value_size=2 * SIZE)
+    memory, layer = _layers(proxy, prefix)
     with anyio.fail_after(60):
         async with CacheStack([memory, layer]) as cache:
             value = "x" * SIZE

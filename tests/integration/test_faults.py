@@ -16,7 +16,7 @@ timeout, which the enclosing ``fail_after`` catches if it is not).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -44,13 +44,6 @@ TIMEOUT = 0.2
 """The Redis layer's request timeout where a fault must make requests fail."""
 RETRY_AFTER = 10.0
 """Seconds between two looks at a condition another task or thread will make true."""
-
-
-@pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    assert redis_server.port is not None
-    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
-        yield proxy
 
 
 def graceful() -> GracefulDegradation:

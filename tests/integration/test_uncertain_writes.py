@@ -9,7 +9,7 @@ sleeps; every test body is bounded by ``anyio.fail_after``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -33,13 +33,6 @@ TIMEOUT = 0.2
 
 OPERATIONS = ["set", "set_many", "delete", "tag"]
 MODES = ["strict", "graceful"]
-
-
-@pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    assert redis_server.port is not None
-    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
-        yield proxy
 
 
 @asynccontextmanager
@@ -71,6 +64,15 @@ async def _change(cache: CacheStack, operation: str) -> None:
         await cache.invalidate_by_tag("prices")
 
 
+async def _both_hold_the_old_price(writer: CacheStack, peer: CacheStack) -> int:
+    """The writer sets the price and the peer reads it: both memories hold 100. Returns
+    how many bus messages the peer has applied so far."""
+    await writer.set("price", 100, tags=["prices"])
+    await invalidations_received(peer, 1)
+    assert await peer.get("price") == 100
+    return peer.statistics().invalidations_received
+
+
 def _in_memory(cache: CacheStack, key: str) -> bool:
     memory = cache.layers[0]
     assert isinstance(memory, MemoryLayer)
@@ -87,12 +89,9 @@ async def test_a_change_that_timed_out_drops_the_key_here_and_on_the_peers(
             writer,
             peer,
         ):
-            await writer.set("price", 100, tags=["prices"])
-            await invalidations_received(peer, 1)
-            assert await peer.get("price") == 100  # now in the peer's memory too
+            heard = await _both_hold_the_old_price(writer, peer)
             assert _in_memory(writer, "price")
             assert _in_memory(peer, "price")
-            heard = peer.statistics().invalidations_received
             proxy.delay(0.5)  # the change reaches Redis, its reply comes too late
             if mode == "strict":
                 with pytest.raises(LayerUnavailableError):
@@ -116,10 +115,7 @@ async def test_a_black_holed_redis_keeps_the_announcement_for_later_instead_of_w
             writer,
             peer,
         ):
-            await writer.set("price", 100, tags=["prices"])
-            await invalidations_received(peer, 1)
-            assert await peer.get("price") == 100
-            heard = peer.statistics().invalidations_received
+            heard = await _both_hold_the_old_price(writer, peer)
             proxy.black_hole()
             with pytest.raises(LayerUnavailableError):
                 await _change(writer, operation)
@@ -143,10 +139,7 @@ async def test_a_change_the_caller_gave_up_on_drops_the_key_here_and_on_the_peer
             writer,
             peer,
         ):
-            await writer.set("price", 100, tags=["prices"])
-            await invalidations_received(peer, 1)
-            assert await peer.get("price") == 100
-            heard = peer.statistics().invalidations_received
+            heard = await _both_hold_the_old_price(writer, peer)
             proxy.delay(0.5)
             with anyio.move_on_after(0.05) as gave_up:
                 await _change(writer, operation)
