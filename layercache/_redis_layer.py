@@ -1,8 +1,9 @@
 """The Redis layer actor: the shared L2 on a Redis server.
 
-Owns: a transport (one pipelined connection of its own for ``url=``, or an adapted
-``redis.asyncio`` client for ``client=``), the inbox callers post requests to, and the
-layer's counters.
+Owns: its lanes (for ``url=``, a pipelined connection of its own and a spare for the
+requests that arrive while it moves a large value, see :mod:`._redis._lanes`; for
+``client=``, an adapted ``redis.asyncio`` client), the inbox callers post requests to,
+and the layer's counters.
 
 Takes (over its inbox): :class:`Read` and :class:`Call`. The actor drains every request
 waiting in its inbox and sends them as one batch: the keys of all the reads become one
@@ -50,6 +51,7 @@ from ._redis._address import RedisAddress
 from ._redis._connection import Command
 from ._redis._endpoint import RedisEndpoint, check_replies, unavailable
 from ._redis._errors import RedisConnectionError, RedisError, reply_error
+from ._redis._lanes import Lanes
 from ._redis._scripts import (
     DELETE,
     INVALIDATE_TAG,
@@ -203,7 +205,7 @@ class RedisLayer(Layer):
         self.prefix = prefix
         self.keys = KeySpace(prefix)
         self.serializer = resolve_serializer(serializer)
-        self._transport: Transport | ClientTransport | None = None
+        self._lanes: Lanes | None = None
         self._inbox: MemoryObjectSendStream[Request] | None = None
         self._writer: anyio.Lock | None = None
         self._now: Clock = anyio.current_time
@@ -219,10 +221,10 @@ class RedisLayer(Layer):
         return f"<RedisLayer {self.name!r} {where} prefix={self.prefix!r} {self._state()}>"
 
     def _state(self) -> str:
-        transport = self._transport
-        if transport is None:
+        lanes = self._lanes
+        if lanes is None:
             return "stopped"
-        return "connected" if transport.connected else "disconnected"
+        return "connected" if lanes.connected else "disconnected"
 
     # -- the actor ---------------------------------------------------------------------
 
@@ -230,27 +232,26 @@ class RedisLayer(Layer):
         # Read per request: resolved once (what anyio would look up each time).
         self._now, self._new_event = deadline_clock(), event_type()
         # Every new connection loads the scripts first, and checks it can run them.
-        async with self.endpoint.transport(self.name, loading(SCRIPTS)) as transport:
+        async with self.endpoint.lanes(self.name, loading(SCRIPTS)) as lanes:
             send, receive = anyio.create_memory_object_stream[Request](INBOX_SIZE)
             with send, receive:
-                self._transport = transport
+                self._lanes = lanes
                 self._inbox = send
                 self._queued = 0
-                # One writer at a time: the actor, or a task writing a read directly.
+                # One writer at a time on the main connection: the actor, or a task
+                # writing a read directly.
                 self._writer = anyio.Lock(fast_acquire=True)
                 task_status.started()
                 try:
-                    await self._serve(transport, receive)
+                    await self._serve(lanes, receive)
                 finally:
                     self._inbox = None
-                    self._transport = None
+                    self._lanes = None
                     self._writer = None
                     _fail_waiting(receive, RedisConnectionError("the Redis layer stopped"))
 
-    async def _serve(
-        self, transport: Transport | ClientTransport, receive: MemoryObjectReceiveStream[Request]
-    ) -> None:
-        answered = transport.answered
+    async def _serve(self, lanes: Lanes, receive: MemoryObjectReceiveStream[Request]) -> None:
+        answered = lanes.answered
         while True:
             try:
                 batch = [receive.receive_nowait()]
@@ -258,22 +259,27 @@ class RedisLayer(Layer):
                 batch = [await receive.receive()]
             try:
                 # While a round trip is under way, let requests gather: they go out
-                # together.
-                await transport.wait_idle()
+                # together (on the spare connection while a large value moves).
+                transport = await lanes.wait_free()
                 while len(batch) < MAX_BATCH:
                     try:
                         batch.append(receive.receive_nowait())
                     except anyio.WouldBlock:
                         break
-                writer = self._writer
-                assert writer is not None
                 # Requests that went late only while a round trip before them was being
                 # answered (a large value that kept moving) waited for a transfer, not
                 # for Redis: they get a fresh deadline instead of failing.
-                renew = transport.answered != answered
-                async with writer:
+                renew = lanes.answered != answered
+                if transport is lanes.main:
+                    writer = self._writer
+                    assert writer is not None
+                    async with writer:
+                        await self._dispatch(transport, batch, renew)
+                else:
+                    # Direct sends go to the main connection only (and not while this
+                    # batch is in hand), which may still be writing a large value.
                     await self._dispatch(transport, batch, renew)
-                answered = transport.answered
+                answered = lanes.answered
             except BaseException:
                 # Requests in hand are answered whatever happens: callers rely on it.
                 error = RedisConnectionError("the Redis layer's actor failed")
@@ -548,9 +554,9 @@ class RedisLayer(Layer):
         nothing else in flight: others are served sooner by the reader. A cancelled
         caller leaves the reading to the reader, which completes the read.
         """
-        transport = self._transport
-        if isinstance(transport, Transport):
-            return await transport.read_own(delivered)
+        lanes = self._lanes
+        if lanes is not None and isinstance(lanes.main, Transport):
+            return await lanes.main.read_own(delivered)
         return False
 
     async def _send_now(self, request: Request) -> bool:
@@ -563,14 +569,11 @@ class RedisLayer(Layer):
         an await (one too big for the socket is finished by the transport, shielded), so
         a cancellation cannot catch it half-sent.
         """
-        transport, writer, inbox = self._transport, self._writer, self._inbox
-        if (
-            transport is None
-            or writer is None
-            or inbox is None
-            or self._queued
-            or not transport.idle
-        ):
+        lanes, writer, inbox = self._lanes, self._writer, self._inbox
+        if lanes is None or writer is None or inbox is None or self._queued:
+            return False
+        transport = lanes.main  # read_reply reads it there
+        if not transport.idle:
             return False
         try:
             writer.acquire_nowait()

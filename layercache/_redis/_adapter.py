@@ -41,7 +41,7 @@ class ClientTransport:
         self._setup = tuple(setup)
         self._task_group: TaskGroup | None = None
         self._in_flight = 0
-        self._idle = IdleSignal()
+        self.signal = IdleSignal()
         self.connected = True
         self.answered = 0
         """Batches answered so far (see ``Transport.answered``)."""
@@ -105,9 +105,14 @@ class ClientTransport:
     def idle(self) -> bool:
         return not self._in_flight
 
+    @property
+    def hauling(self) -> bool:
+        """Never: batches overlap as the client's pool allows (see ``Transport``)."""
+        return False
+
     async def wait_idle(self) -> None:
         """Return once no batch is executing (see ``Transport.wait_idle``)."""
-        await self._idle.wait(lambda: bool(self._in_flight))
+        await self.signal.wait(lambda: bool(self._in_flight))
 
     async def send(
         self, commands: Sequence[Command], deliver: Deliver, deadline: float | None = None
@@ -129,7 +134,7 @@ class ClientTransport:
         finally:
             self._in_flight -= 1
             if not self._in_flight:
-                self._idle.notify()
+                self.signal.notify()
 
     async def _execute_pipeline(
         self, commands: Sequence[Command], deliver: Deliver, deadline: float

@@ -92,6 +92,7 @@ class Connection:
         self._eager_reads = 0
         self._received = 0
         self._sent = 0
+        self._unfinished = 0
 
     def progress(self) -> int:
         """A count that grows whenever bytes move either way (read, or written to the
@@ -101,6 +102,12 @@ class Connection:
             # asyncio buffers what the socket does not take yet: count what it wrote.
             return self._received + self._sent - pushed.transport.get_write_buffer_size()
         return self._received + self._sent
+
+    @property
+    def unfinished(self) -> int:
+        """About how many bytes have come of a reply not complete yet: a large one is
+        under way when this grows past a few chunks."""
+        return self._unfinished
 
     @property
     def pushes(self) -> bool:
@@ -265,8 +272,8 @@ class Connection:
         except RedisConnectionError as error:
             self.abort(error)
             return
-        if replies and self.on_replies is not None:
-            self.on_replies(replies)
+        if self.on_replies is not None:
+            self.on_replies(replies)  # none, too: the transport watches a large reply
 
     def abort(self, error: RedisConnectionError) -> None:
         """Give a pushing connection up at once; :meth:`wait_lost` returns ``error``."""
@@ -377,6 +384,8 @@ class Connection:
             raise RedisConnectionError(
                 f"protocol error from {self.address.display()}: not a Redis reply, received {shown}"
             ) from error
+        # Counted from the end of the last complete reply, give or take one chunk.
+        self._unfinished = 0 if replies else self._unfinished + size
         return replies
 
     async def _receive_directly(self, direct: socket.socket) -> int:

@@ -24,6 +24,7 @@ from ._adapter import ClientTransport
 from ._address import RedisAddress, parse_redis_url
 from ._connection import Command
 from ._errors import RedisConfigurationError, reply_error
+from ._lanes import Lanes
 from ._subscription import ClientSubscription, ConnectionSubscription, Subscription
 from ._transport import Transport
 
@@ -74,17 +75,46 @@ class RedisEndpoint:
         Whatever fails the start, or leaves the block, is raised by itself, not in an
         exception group (the task group here is an implementation detail).
         """
-        transport: Transport | ClientTransport
+        async with self._running(name, [self._transport(setup)]) as (transport,):
+            yield transport
+
+    @asynccontextmanager
+    async def lanes(self, name: str, setup: Sequence[Command] = ()) -> AsyncIterator[Lanes]:
+        """Like :meth:`transport`, with a spare connection for ``url=`` (see
+        :class:`~._lanes.Lanes`): two transports sharing one signal."""
+        main = self._transport(setup)
+        spare = self._spare(main, setup) if isinstance(main, Transport) else None
+        async with self._running(name, [main] if spare is None else [main, spare]):
+            yield Lanes(main, spare)
+
+    def _transport(self, setup: Sequence[Command]) -> Transport | ClientTransport:
         if self.address is not None:
-            transport = Transport(
+            return Transport(
                 self.address, timeout=self.timeout, ssl_context=self.ssl_context, setup=setup
             )
-        else:
-            transport = ClientTransport(self.client, timeout=self.timeout, setup=setup)
+        return ClientTransport(self.client, timeout=self.timeout, setup=setup)
+
+    @staticmethod
+    def _spare(main: Transport, setup: Sequence[Command]) -> Transport:
+        """A second connection like ``main``, waking the same waiters, quiet in the logs."""
+        return Transport(
+            main.address,
+            timeout=main.timeout,
+            ssl_context=main.ssl_context,
+            setup=setup,
+            signal=main.signal,
+            reports=False,
+        )
+
+    @asynccontextmanager
+    async def _running(
+        self, name: str, transports: list[Transport | ClientTransport]
+    ) -> AsyncIterator[list[Transport | ClientTransport]]:
         failed: Exception | None = None
         async with anyio.create_task_group() as tasks:
             try:
-                await tasks.start(transport.run)
+                for transport in transports:
+                    await tasks.start(transport.run)
             except RedisConfigurationError as error:
                 failed = unavailable(name, error)
                 failed.__cause__ = error
@@ -92,11 +122,13 @@ class RedisEndpoint:
                 failed = error
             else:
                 try:
-                    yield transport
+                    yield transports
                 except Exception as error:
                     failed = error  # the block's own failure (a bus that cannot subscribe)
                 finally:
                     tasks.cancel_scope.cancel()
+            if failed is not None:
+                tasks.cancel_scope.cancel()  # a transport that did start stops too
         # Raised here, outside the task group, so it is not wrapped in a group.
         if failed is not None:
             raise failed

@@ -48,6 +48,9 @@ ended the connection before they came."""
 
 RECONNECT_FIRST = 0.05
 RECONNECT_MAX = 5.0
+LARGE = 1024 * 1024
+"""Bytes in one batch or one reply from which a transfer counts as large
+(:attr:`Transport.hauling`): worth another connection for the requests behind it."""
 
 
 class IdleSignal:
@@ -67,12 +70,13 @@ class IdleSignal:
 
 
 class _Batch:
-    __slots__ = ("count", "deadline", "deliver", "replies")
+    __slots__ = ("count", "deadline", "deliver", "large", "replies")
 
-    def __init__(self, count: int, deliver: Deliver, deadline: float) -> None:
+    def __init__(self, count: int, deliver: Deliver, deadline: float, large: bool) -> None:
         self.count = count
         self.deliver = deliver
         self.deadline = deadline
+        self.large = large
         self.replies: list[object] = []
 
 
@@ -86,10 +90,12 @@ class Transport:
         timeout: float,
         ssl_context: ssl.SSLContext | None = None,
         setup: Sequence[Command] = (),
+        signal: IdleSignal | None = None,
+        reports: bool = True,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._ssl_context = ssl_context
+        self.ssl_context = ssl_context
         self._setup = tuple(setup)
         self._connection: Connection | None = None
         self._pending: deque[_Batch] = deque()
@@ -107,7 +113,14 @@ class Transport:
         self._writing: anyio.Event | None = None
         """Set while a batch the socket did not take at once is being written."""
         self._connected = anyio.Event()
-        self._idle = IdleSignal()
+        self.signal = signal if signal is not None else IdleSignal()
+        """Notified when the last pending batch is answered, and while a large reply
+        comes in: several transports may share one (see ``Lanes``)."""
+        self._large = 0
+        """Pending batches over :data:`LARGE` bytes."""
+        self._reports = reports
+        """Log losses and refusals at their level; a spare connection (see ``Lanes``)
+        logs them at DEBUG only: the main connection reports the same server."""
         # The loop's clock and event class, resolved once the loop runs (see run()).
         self.now: Clock = anyio.current_time
         self.new_event: Callable[[], Event] = anyio.Event
@@ -130,6 +143,16 @@ class Transport:
         """No batch awaits replies (so everything written so far has left the socket)."""
         return not self._pending
 
+    @property
+    def hauling(self) -> bool:
+        """A large transfer is under way: a pending batch of over :data:`LARGE` bytes,
+        or a reply that has brought that much and is not complete yet. Requests sent
+        now would wait for it (replies come in order)."""
+        if self._large:
+            return True
+        connection = self._connection
+        return connection is not None and connection.unfinished > LARGE
+
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         """Connect, then read replies and reconnect until cancelled.
 
@@ -143,7 +166,7 @@ class Transport:
         try:
             await self._connect()
         except RedisConnectionError as error:
-            logger.warning("%s; will retry in the background", error)
+            self._report(logging.WARNING, "%s; will retry in the background", error)
         task_status.started()
         delay = RECONNECT_FIRST
         try:
@@ -175,7 +198,7 @@ class Transport:
             with anyio.fail_after(self.timeout):
                 connection = await Connection.open(
                     self.address,
-                    ssl_context=self._ssl_context,
+                    ssl_context=self.ssl_context,
                     setup=self._setup,
                     direct_writes=True,
                 )
@@ -195,14 +218,18 @@ class Transport:
         self._connected.set()
         self.connects += 1
         if self.connects > 1:
-            logger.info("reconnected to %s", self.address.display())
+            self._report(logging.INFO, "reconnected to %s", self.address.display())
+
+    def _report(self, level: int, message: str, *args: object) -> None:
+        logger.log(level if self._reports else logging.DEBUG, message, *args)
 
     def _refused(self, error: RedisConfigurationError) -> None:
         """A reconnect refused for good (a password or ACL changed): logged once per
         reason as the configuration error it is; requests fail with it meanwhile."""
         if str(error) != self._refusal:
             self._refusal = str(error)
-            logger.error(
+            self._report(
+                logging.ERROR,
                 "%s: a configuration error; retrying in the background until it is fixed",
                 error,
             )
@@ -228,7 +255,7 @@ class Transport:
         is under way, requests gather in its inbox and go out together after it, so a
         busy layer costs about one round trip per batch and an idle one adds no delay.
         """
-        await self._idle.wait(lambda: bool(self._pending))
+        await self.signal.wait(lambda: bool(self._pending))
 
     async def send(
         self, commands: Sequence[Command], deliver: Deliver, deadline: float | None = None
@@ -263,7 +290,9 @@ class Transport:
             # the reader take a healthy connection for a dead one.
             deliver(RedisConnectionError(f"no turn to write to {self.address.display()} in time"))
             return
-        self._pending.append(_Batch(len(commands), deliver, deadline))
+        large = len(data) > LARGE
+        self._large += large
+        self._pending.append(_Batch(len(commands), deliver, deadline, large))
         scope = self._read_scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
@@ -415,6 +444,10 @@ class Transport:
         """Give each batch its replies, in order; the error if a reply has no batch."""
         if self._connection is not connection:
             return None  # given up: its batches were failed already
+        if not replies:
+            if connection.unfinished > LARGE:
+                self.signal.notify()  # hauling: whoever waits for this lane can go elsewhere
+            return None
         pending = self._pending
         for reply in replies:
             if not pending:
@@ -426,16 +459,17 @@ class Transport:
             batch.replies.append(reply)
             if len(batch.replies) == batch.count:
                 pending.popleft()
+                self._large -= batch.large
                 self.answered += 1
                 if not pending:
-                    self._idle.notify()
+                    self.signal.notify()
                 batch.deliver(batch.replies)
         return None
 
     async def _break(self, connection: Connection, error: RedisConnectionError) -> None:
         if self._connection is not connection:
             return
-        logger.warning("lost connection to %s: %s", self.address.display(), error)
+        self._report(logging.WARNING, "lost connection to %s: %s", self.address.display(), error)
         self._connection = None
         self._connected = anyio.Event()
         self.disconnects += 1
@@ -444,7 +478,8 @@ class Transport:
 
     def _fail_pending(self, error: RedisError) -> None:
         pending, self._pending = self._pending, deque()
-        self._idle.notify()
+        self._large = 0
+        self.signal.notify()
         for batch in pending:
             batch.deliver(error)
 

@@ -8,6 +8,9 @@ at that moment and to new ones, and has taken effect when the call returns:
 
 - :meth:`~FaultProxy.pass_through`: forward everything (the default);
 - :meth:`~FaultProxy.delay`: forward every chunk, in order, ``seconds`` after it arrived;
+- :meth:`~FaultProxy.choke`: forward at most so many more bytes each way on every
+  connection, then hold the rest (a transfer stuck midway, while small requests on other
+  connections still pass);
 - :meth:`~FaultProxy.black_hole`: accept connections and bytes, forward nothing either
   way (the proxy stops reading, so the kernel's buffers are the only ones that fill; what
   was already read is held, and goes on when the black hole is lifted, as after a healed
@@ -42,7 +45,13 @@ _COMMAND_TIMEOUT = 10.0
 _JOIN_TIMEOUT = 10.0
 _RST_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
-_PASS, _DELAY, _BLACK_HOLE, _REFUSE = "pass-through", "delay", "black-hole", "refuse"
+_PASS, _DELAY, _CHOKE, _BLACK_HOLE, _REFUSE = (
+    "pass-through",
+    "delay",
+    "choke",
+    "black-hole",
+    "refuse",
+)
 
 
 class _Direction:
@@ -55,11 +64,14 @@ class _Direction:
         self.buffered = 0
         self.eof = False  # the source finished sending
         self.shut = False  # ... and the target has been told so
+        self.allowance: int | None = None  # bytes it may still forward (None: any)
 
     def wants_to_read(self) -> bool:
         return not self.eof and self.buffered < BUFFER_LIMIT
 
     def due_at(self) -> float | None:
+        if self.allowance == 0:
+            return None  # choked: nothing is due until the mode changes
         return self.chunks[0][0] if self.chunks else None
 
 
@@ -107,6 +119,7 @@ class FaultProxy(Service):
         self._port: int | None = None
         self._mode = _PASS
         self._delay = 0.0
+        self._allowance: int | None = None  # what a new connection may forward each way
         self._lock = threading.Lock()
         self._traffic = threading.Condition()
         self._commands: deque[tuple[Callable[[], None], threading.Event]] = deque()
@@ -208,6 +221,13 @@ class FaultProxy(Service):
         if not seconds >= 0:
             raise ValueError(f"delay must be a non-negative number of seconds, got {seconds!r}")
         self._apply(lambda: self._set_mode(_DELAY, seconds))
+
+    def choke(self, after: int) -> None:
+        """On every connection, open or new, forward ``after`` more bytes each way, then
+        hold the rest (read up to the buffer limit) until the mode changes."""
+        if not (isinstance(after, int) and after >= 0):
+            raise ValueError(f"after must be a non-negative int of bytes, got {after!r}")
+        self._apply(lambda: self._set_mode(_CHOKE, allowance=after))
 
     def black_hole(self) -> None:
         """Keep connections open and accept bytes, but forward nothing either way."""
@@ -319,6 +339,8 @@ class FaultProxy(Service):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             status = upstream.connect_ex(self.target)
             connection = _Connection(client, upstream, connected=status == 0)
+            for direction in connection.directions():
+                direction.allowance = self._allowance
             self._connections.append(connection)
             if status not in (0, errno.EINPROGRESS):
                 self._abort(connection)
@@ -416,7 +438,7 @@ class FaultProxy(Service):
             finally:
                 done.set()
 
-    def _set_mode(self, mode: str, delay: float = 0.0) -> None:
+    def _set_mode(self, mode: str, delay: float = 0.0, allowance: int | None = None) -> None:
         if mode == _REFUSE and self._listener is not None:
             # The listener goes (connections it had not accepted yet get RST); a socket
             # that is bound but not listening keeps the port ours, and the kernel refuses
@@ -433,6 +455,10 @@ class FaultProxy(Service):
             self._watch(self._listener, selectors.EVENT_READ)
         self._mode = mode
         self._delay = delay
+        self._allowance = allowance
+        for connection in self._connections:
+            for direction in connection.directions():
+                direction.allowance = allowance
 
     def _reset_all(self) -> None:
         for connection in list(self._connections):
@@ -466,12 +492,15 @@ def _send_due(direction: _Direction, now: float) -> None:
 
     Raises OSError when the receiving end is gone.
     """
-    while direction.chunks and direction.chunks[0][0] <= now:
+    while direction.chunks and direction.chunks[0][0] <= now and direction.allowance != 0:
         due, data = direction.chunks[0]
+        allowance = direction.allowance
         try:
-            sent = direction.target.send(data)
+            sent = direction.target.send(data if allowance is None else data[:allowance])
         except (BlockingIOError, InterruptedError):
             return
+        if allowance is not None:
+            direction.allowance = allowance - sent
         direction.buffered -= sent
         if sent < len(data):
             direction.chunks[0] = (due, data[sent:])

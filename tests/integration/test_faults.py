@@ -63,7 +63,8 @@ def redis_statistics(cache: CacheStack) -> LayerStatistics:
 
 
 async def wait_connected(layer: RedisLayer) -> None:
-    transport = layer._transport
+    assert layer._lanes is not None
+    transport = layer._lanes.main
     assert isinstance(transport, Transport)
     await transport.wait_connected()
 

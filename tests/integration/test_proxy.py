@@ -290,3 +290,28 @@ def test_delay_must_be_a_duration(proxy: FaultProxy) -> None:
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="delay"):
             proxy.delay(bad)
+
+
+def test_choke_forwards_so_much_then_holds_until_lifted(
+    proxy: FaultProxy, direct: redis.Redis, key: str
+) -> None:
+    direct.set(key, "v" * 1000)
+    reply = b"$1000\r\n" + b"v" * 1000 + b"\r\n"
+    with connect(proxy) as connection:
+        expect_pong(connection)
+        proxy.choke(after=500)  # more than the request, less than the reply
+        assert proxy.mode == "choke"
+        connection.sendall(resp("GET", key))
+        expect(connection, reply[:500])  # the allowance, to the byte
+        assert_no_reply_yet(connection)
+        with connect(proxy) as other:  # a new connection gets an allowance of its own
+            expect_pong(other)
+        proxy.pass_through()
+        expect(connection, reply[500:])
+        expect_pong(connection)
+
+
+def test_choke_takes_a_byte_count(proxy: FaultProxy) -> None:
+    for bad in (-1, 1.5, "1"):
+        with pytest.raises(ValueError, match="after"):
+            proxy.choke(after=bad)  # type: ignore[arg-type]

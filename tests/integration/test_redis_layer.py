@@ -416,7 +416,8 @@ async def test_flushed_script_cache_falls_back_to_eval(
 
 
 def _transport(layer: RedisLayer) -> Transport:
-    transport = layer._transport
+    assert layer._lanes is not None
+    transport = layer._lanes.main
     assert isinstance(transport, Transport)
     return transport
 
