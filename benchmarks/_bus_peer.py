@@ -69,11 +69,11 @@ def stamp_invalidations(b: CacheStack, stamped: Callable[[float], None]) -> None
         apply(message)
         applied = time.perf_counter()
         assert "k" not in memory.get_many_nowait(["k"])
-        memory.write_many_nowait({"k": Record(0, None, None)})
+        memory.write_many_nowait({"k": Record(0, None, None, refresh_at=None)})
         stamped(applied)
 
     listener._apply = apply_and_stamp
-    memory.write_many_nowait({"k": Record(0, None, None)})
+    memory.write_many_nowait({"k": Record(0, None, None, refresh_at=None)})
 
 
 async def raw(url: str, channel: str) -> None:

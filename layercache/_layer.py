@@ -53,7 +53,7 @@ class Layer(ABC):
         if ttl is None:
             ttl = self.ttl
         until = None if ttl is None else now + ttl
-        return Record(self.encode(value), until, until, tags)
+        return Record(self.encode(value), until, until, tags, refresh_at=until)
 
     def backfill(self, found: Record, now: float) -> Record:
         """This layer's copy of ``found``, a record read from a slower layer: never

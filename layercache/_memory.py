@@ -118,11 +118,12 @@ class MemoryLayer(LocalLayer):
     def reader(self, missing: object) -> Callable[[str], object]:
         """The hot path for the stack that owns this layer: a closure over the store.
 
-        ``read(key)`` returns the live value of a fresh entry (refreshing its recency)
-        or ``missing``. It counts nothing and removes nothing: on ``missing`` the stack
-        takes the slow path, which reads the key again through :meth:`get_many_nowait`
-        and does the accounting. The stack counts the hits. One Python frame instead of
-        two is about a tenth of a hit's cost. Valid while the layer stays attached.
+        ``read(key)`` returns the value of a fresh entry not due for a refresh ahead
+        (refreshing its recency) or ``missing``. It counts nothing and removes nothing:
+        on ``missing`` the stack takes the slow path, which reads the key again through
+        :meth:`get_many_nowait` and does the accounting. The stack counts the hits. One
+        Python frame instead of two is about a tenth of a hit's cost. Valid while the
+        layer stays attached.
         """
         lookup = self._data.get
         touch = self._data.move_to_end
@@ -131,7 +132,7 @@ class MemoryLayer(LocalLayer):
         def read(key: str) -> object:
             entry = lookup(key)
             if entry is not None:
-                until = entry.fresh_until
+                until = entry.refresh_at  # fresh, and not due for a refresh ahead
                 if until is None or until > clock():
                     touch(key)
                     return entry.value

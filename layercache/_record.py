@@ -6,14 +6,20 @@ as that layer encodes it (:meth:`~layercache.Layer.encode`). Its deadlines are o
 stack's clock (the one every layer of the stack is attached to), so a record found in
 one layer can be copied into another without converting anything but the value.
 
-Until an entry's ``fresh_until`` it is *fresh*; until ``stale_until`` it may still be
-held (the end of its physical TTL); after that it is gone. Today the two deadlines are
-equal: the freshness windows that will separate them change this type, not each layer.
+An entry's life, deadlines in order (each None: never):
+
+- until ``refresh_at`` it is *fresh*, and a hit is just a hit;
+- until ``fresh_until`` it is still fresh, but a hit with a fetcher starts a background
+  refresh (refresh-ahead); without refresh-ahead ``refresh_at`` is ``fresh_until``;
+- until ``stale_until`` it is *stale*: kept for stale-while-revalidate and fail-safe
+  (the end of its physical TTL); without those windows ``stale_until`` is
+  ``fresh_until``;
+- after that it is gone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NO_TAGS: frozenset[str] = frozenset()
 
@@ -31,32 +37,69 @@ class Record:
     never. Never before ``fresh_until``."""
     tags: frozenset[str] = NO_TAGS
     """The entry's tags; a write replaces any tags the key had."""
+    refresh_at: float | None = field(kw_only=True)
+    """From when a hit refreshes the entry ahead of its expiry; ``fresh_until`` without
+    refresh-ahead (never after it; None only when ``fresh_until`` is None). The memory
+    layer's hot path compares this one deadline."""
 
     @classmethod
     def new(
-        cls, value: object, now: float, ttl: float | None, tags: frozenset[str] = NO_TAGS
+        cls,
+        value: object,
+        now: float,
+        ttl: float | None,
+        tags: frozenset[str] = NO_TAGS,
+        *,
+        stale: float = 0.0,
+        refresh_ahead: float | None = None,
     ) -> Record:
-        """A record that lives ``ttl`` seconds from ``now`` (None: forever)."""
-        until = None if ttl is None else now + ttl
-        return cls(value, until, until, tags)
+        """A record fresh for ``ttl`` seconds from ``now`` (None: forever), then stale
+        for ``stale`` more; refreshed ahead after ``refresh_ahead * ttl``."""
+        if ttl is None:
+            return cls(value, None, None, tags, refresh_at=None)
+        fresh = now + ttl
+        early = fresh if refresh_ahead is None else now + ttl * refresh_ahead
+        return cls(value, fresh, fresh + stale if stale else fresh, tags, refresh_at=early)
 
     def remaining(self, now: float) -> float | None:
         """Seconds until the entry is gone (None: never); 0 or less once it is."""
         return None if self.stale_until is None else self.stale_until - now
 
+    def is_fresh(self, now: float) -> bool:
+        until = self.fresh_until
+        return until is None or until > now
+
+    def is_due(self, now: float) -> bool:
+        """Past its refresh-ahead point (fresh or not)."""
+        early = self.refresh_at
+        return early is not None and early <= now
+
     def capped(self, value: object, until: float | None) -> Record:
         """This record with ``value``, living no later than ``until`` (None: no cap)."""
         if until is None:
-            return (
-                self
-                if value is self.value
-                else Record(value, self.fresh_until, self.stale_until, self.tags)
+            if value is self.value:
+                return self
+            return Record(
+                value, self.fresh_until, self.stale_until, self.tags, refresh_at=self.refresh_at
             )
-        fresh = self.fresh_until
-        stale = self.stale_until
         return Record(
             value,
-            until if fresh is None else min(fresh, until),
-            until if stale is None else min(stale, until),
+            _earlier(self.fresh_until, until),
+            _earlier(self.stale_until, until),
             self.tags,
+            refresh_at=_earlier(self.refresh_at, until),
         )
+
+    def expired(self, now: float) -> Record | None:
+        """This record made stale at ``now``, keeping its stale window (never living
+        longer than it had left); None when it has no stale window (or is gone)."""
+        fresh, stale = self.fresh_until, self.stale_until
+        if fresh is None or stale is None or stale <= fresh or stale <= now:
+            return None
+        until = min(stale, now + (stale - fresh))
+        moment = min(fresh, now)
+        return Record(self.value, moment, until, self.tags, refresh_at=moment)
+
+
+def _earlier(deadline: float | None, until: float) -> float:
+    return until if deadline is None else min(deadline, until)

@@ -421,7 +421,7 @@ class RedisLayer(Layer):
                 corrupt.add(key)
                 continue
             until = None if ttl_ms < 0 else now + ttl_ms / 1000
-            found[key] = Record(value, until, until, tags)
+            found[key] = Record(value, until, until, tags, refresh_at=until)
         self._hits += len(found)
         self._misses += len(keys) - len(found)
         self._corrupt += len(corrupt)

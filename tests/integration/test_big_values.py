@@ -41,9 +41,7 @@ async def test_a_large_value_that_keeps_moving_does_not_time_out(
             await cache.delete("big")
 
 
-async def test_requests_during_a_large_transfer_do_not_fail(
-    proxy: FaultProxy, prefix: str
-) -> None:
+async def test_requests_during_a_large_transfer_do_not_fail(proxy: FaultProxy, prefix: str) -> None:
     memory, layer = _layers(proxy, prefix)
     with anyio.fail_after(60):
         async with CacheStack([memory, layer]) as cache:
