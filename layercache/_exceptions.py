@@ -38,3 +38,8 @@ class SerializationError(CacheError):
     Raised by ``set``/``set_many``/``get`` with a fetcher *before any layer is written*,
     so a value is either stored everywhere or nowhere.
     """
+
+
+class FetchTimeoutError(CacheError, TimeoutError):
+    """A fetch ran past the call's ``Freshness(hard_timeout=...)`` and was cancelled,
+    with no stale entry (within ``stale_if_error``) to answer with instead."""

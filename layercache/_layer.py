@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from anyio.abc import TaskStatus
 
 from ._clock import Clock
+from ._freshness import NO_FRESHNESS, Freshness
 from ._record import NO_TAGS, Record
 from ._statistics import LayerStatistics
 
@@ -43,17 +44,30 @@ class Layer(ABC):
         self._attached = False
 
     def record(
-        self, value: object, now: float, ttl: float | None, tags: frozenset[str] = NO_TAGS
+        self,
+        value: object,
+        now: float,
+        ttl: float | None,
+        tags: frozenset[str] = NO_TAGS,
+        freshness: Freshness = NO_FRESHNESS,
+        draw: float = 0.0,
     ) -> Record:
-        """This layer's record of a new ``value`` written at ``now`` with ``ttl`` (None:
-        this layer's default).
+        """This layer's record of a new ``value`` written at ``now`` with fresh ``ttl``
+        (None: this layer's default), aged by ``freshness``: its stale window and
+        refresh-ahead point, ``negative_ttl`` for a None, ``jitter * draw`` (a
+        random draw in [0, 1) shared by the write's layers) off the fresh TTL.
 
         :raises SerializationError: the layer cannot encode the value.
         """
-        if ttl is None:
-            ttl = self.ttl
-        until = None if ttl is None else now + ttl
-        return Record(self.encode(value), until, until, tags, refresh_at=until)
+        fresh = freshness.fresh_ttl(self.ttl if ttl is None else ttl, value, draw)
+        return Record.new(
+            self.encode(value),
+            now,
+            fresh,
+            tags,
+            stale=freshness.stale_window,
+            refresh_ahead=freshness.refresh_ahead,
+        )
 
     def backfill(self, found: Record, now: float) -> Record:
         """This layer's copy of ``found``, a record read from a slower layer: never

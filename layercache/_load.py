@@ -1,32 +1,56 @@
-"""The load path: what a ``get`` does once the local layers in front have missed.
+"""The load path: what a ``get`` does once the hot path has not answered it.
 
-A ``get`` joins the key's load in flight (single-flight: one per key and kind) and waits
-on it; a lone read of the one remote layer behind the local ones is sent by the caller
-directly (the read path's direct variant). A load with a fetcher runs
-:meth:`LoadPath.load` in the single-flight actor's task group, never in a caller's task:
+A ``get`` looks at the local layers in front; a fresh entry answers it, and an entry due
+for a refresh ahead answers it too and starts one background refresh. Otherwise it joins
+the key's load in flight (single-flight: one per key and kind) and waits on it; a lone
+read without a fetcher of the one remote layer behind the local ones is sent by the
+caller directly (the read path's direct variant). Without a fetcher only fresh entries
+answer. A load with a fetcher runs :meth:`LoadPath.load` in the single-flight actor's
+task group, never in a caller's task:
 
-1. **Read-through**: the layers again, slowest included (the read path's walk; a set()
-   may have filled a local layer meanwhile).
-2. **Fetch**: await the fetcher once. With the distributed coordinator, only under its
-   Redis lock, or after waiting for the process that holds it
-   (:meth:`~layercache.RedisSingleFlightCoordinator.load_once`).
-3. **Store**: the write path's ``store``, unless a change made the flight stale (its
-   callers still get the value, as the layers give it back: the same for the first
-   ``get`` as for the ones that hit it later).
+1. **Read-through**: the layers again, slowest included (a set() may have filled a local
+   layer meanwhile, another instance may have refreshed Redis). A fresh entry not due
+   for a refresh answers; the others found are the load's *candidates*, and the best one
+   is judged by the call's :class:`~layercache.Freshness` (:func:`._freshness.judge`).
+2. **Decide**: an early or revalidatable candidate answers the callers at once, and the
+   load goes on as a background refresh (bounded: :data:`._freshness.MAX_REFRESHES` at
+   once, each within ``hard_timeout`` or :data:`._freshness.REFRESH_TIME_LIMIT`). While
+   the key backs off after a failure, any candidate within the windows answers, and
+   nothing is fetched.
+3. **Fetch**: await the fetcher once, within ``hard_timeout``; with a candidate within
+   ``stale_if_error`` it is the fallback for a failure or a timeout (and, after
+   ``soft_timeout``, the callers' answer while the fetch goes on). With the distributed
+   coordinator, only under its Redis lock, or after waiting for the process that holds
+   it (:meth:`~layercache.RedisSingleFlightCoordinator.load_once`).
+4. **Store**: the write path's ``store``, unless a change made the flight stale (its
+   callers still get the value, as the layers give it back). A fallback is never stored.
+
+The flight stays registered until the load ends, refresh included: later callers join it
+(and get its early answer at once), so a key has at most one refresh.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 
+from ._exceptions import FetchTimeoutError
+from ._freshness import MAX_REFRESHES, REFRESH_TIME_LIMIT, Freshness, Worth, best, judge
 from ._parts import Parts
 from ._read import ReadPath
-from ._single_flight import MISSING, Fetcher, Flight, Outcome
+from ._record import Record
+from ._single_flight import MISSING, TTL, Fetcher, Flight, Outcome
 from ._write import WritePath
+
+logger = logging.getLogger("layercache.stack")
+
+Candidate = tuple[Record, str]
+"""A record a load found but did not take as fresh, and its layer's name."""
 
 
 class LoadPath:
@@ -41,20 +65,27 @@ class LoadPath:
         self,
         key: str,
         fetcher: Fetcher | None,
-        ttl: float | None,
+        ttl: TTL,
         tags: frozenset[str],
         default: Any,
+        freshness: Freshness,
     ) -> Any:
         """``get`` after its checks: the local layers, then the key's load in flight."""
-        value = self._reads.read_local(key)
-        if value is not MISSING:
-            return value
         tally = self._tally
+        local = self._reads.read_local(key)
+        if local is not None:
+            record, name = local
+            worth = judge(record, self._parts.clock(), freshness)
+            if worth is Worth.FRESH or worth is Worth.EARLY:
+                tally.layer_hits[name] += 1
+                if worth is Worth.EARLY and fetcher is not None:
+                    self._refresh_ahead(key, fetcher, ttl, tags, freshness)
+                return record.value
         if fetcher is None and not self._parts.remote:
             tally.misses += 1
             return default
         single_flight = self._single_flight
-        flight, new = single_flight.join(key, fetcher, ttl, tags)
+        flight, new = single_flight.join(key, fetcher, ttl, tags, freshness)
         read_it = new and single_flight.launch(flight) and await self._reads.read_directly(flight)
         try:
             if flight.reply.done:
@@ -73,7 +104,17 @@ class LoadPath:
             tally.misses += 1
         else:
             tally.layer_hits[source] += 1
+            tally.stale_hits += flight.served_stale
         return default if value is MISSING else value
+
+    def _refresh_ahead(
+        self, key: str, fetcher: Fetcher, ttl: TTL, tags: frozenset[str], freshness: Freshness
+    ) -> None:
+        """Start the key's load, unless one runs: it finds the early entry and refreshes."""
+        single_flight = self._single_flight
+        flight, new = single_flight.join(key, fetcher, ttl, tags, freshness)
+        if new:
+            single_flight.launch(flight)
 
     async def load(self, flight: Flight) -> Outcome:
         """A load with a fetcher (one task per load, in the single-flight's group)."""
@@ -89,39 +130,153 @@ class LoadPath:
         # A found entry's tags are known only once it is found, after fences for them
         # may have passed: the read path copies it up only if no fence at all happened.
         since = self._single_flight.fence_count
-        found = await self._reads.read_through(flight.key, since)
+        freshness = flight.freshness
+        candidates: list[Candidate] = []
+
+        def fresh(record: Record, now: float) -> bool:
+            return judge(record, now, freshness) is Worth.FRESH
+
+        found = await self._reads.read_through(flight.key, since, 0, fresh, candidates)
         if found is not None:
             return found
+        chosen = best([record for record, _ in candidates])
+        candidate = next((c for c in candidates if c[0] is chosen), None)
+        now = self._parts.clock()
+        worth = Worth.NONE if chosen is None else judge(chosen, now, freshness)
+        if chosen is not None:
+            flight.watch(chosen.tags)  # before the fetch: see the fences
+        if candidate is not None and worth is not Worth.NONE:
+            if self._parts.backoff.active(flight.key, now):
+                return self._answer(flight, candidate, worth)  # the origin rests
+            if worth is not Worth.FALLBACK:
+                outcome = self._answer(flight, candidate, worth)
+                await self._refresh(flight, since, candidate)
+                return outcome
+        fallback = candidate if worth is Worth.FALLBACK else None
+        limit = freshness.hard_timeout
+        if limit is None and fallback is not None and freshness.soft_timeout is not None:
+            limit = REFRESH_TIME_LIMIT  # it may go on in the background: bounded there too
+        return await self._locked_fetch(flight, since, fallback, limit)
+
+    def _answer(self, flight: Flight, candidate: Candidate, worth: Worth) -> Outcome:
+        """Answer the flight's callers with ``candidate`` now (the load may go on)."""
+        record, name = candidate
+        flight.served_stale = worth is not Worth.EARLY
+        outcome: Outcome = (record.value, name)
+        flight.reply.set(outcome)
+        return outcome
+
+    async def _refresh(self, flight: Flight, since: int, candidate: Candidate) -> None:
+        """The background part of a load that has answered: fetch and store, bounded in
+        number and time; a failure is counted and logged (the callers have their value)."""
+        single_flight, tally = self._single_flight, self._tally
+        if single_flight.background >= MAX_REFRESHES:
+            tally.refreshes_skipped += 1
+            return
+        tally.refreshes += 1
+        single_flight.background += 1
+        try:
+            limit = flight.freshness.hard_timeout or REFRESH_TIME_LIMIT
+            await self._locked_fetch(flight, since, candidate, limit)
+        except Exception as error:  # a layer or the coordinator, not the fetcher
+            tally.refresh_errors += 1
+            logger.warning("refreshing %r failed: %r", flight.key, error)
+        finally:
+            single_flight.background -= 1
+
+    async def _locked_fetch(
+        self, flight: Flight, since: int, fallback: Candidate | None, limit: float | None
+    ) -> Outcome:
+        """Fetch, under the distributed coordinator's lock where there is one."""
         distributed = self._parts.distributed
         if distributed is None:
-            return await self._fetch(flight, None)
+            return await self._fetch(flight, None, fallback, limit)
         remote = len(self._parts.local)
 
         async def read() -> Outcome | None:
             return await self._reads.read_through(flight.key, since, remote)
 
         async def fetch(token: str | None) -> Outcome:
-            return await self._fetch(flight, token)
+            return await self._fetch(flight, token, fallback, limit)
 
         guard = self._parts.guards[distributed]
         return await distributed.load_once(flight.key, flight.tags, guard, read, fetch)
 
-    async def _fetch(self, flight: Flight, token: str | None) -> Outcome:
-        """Run the fetcher and store its result (with a lock ``token``: only while the
-        lock holds)."""
+    async def _fetch(
+        self, flight: Flight, token: str | None, fallback: Candidate | None, limit: float | None
+    ) -> Outcome:
+        """Run the fetcher (within ``limit`` seconds) and store its result (with a lock
+        ``token``: only while the lock holds). With a ``fallback``, a failure answers
+        with it instead, and so does ``soft_timeout`` while the fetch goes on."""
         if flight.fetcher is None:
             raise RuntimeError("a reading flight does not fetch")
+        soft = flight.freshness.soft_timeout
+        if fallback is None or soft is None or flight.reply.done:
+            return await self._fetch_within(flight, token, fallback, limit)
+        async with anyio.create_task_group() as timer:
+            timer.start_soon(self._answer_after, soft, flight, fallback)
+            try:
+                outcome = await self._fetch_within(flight, token, fallback, limit)
+            finally:
+                timer.cancel_scope.cancel()
+        return outcome
+
+    async def _answer_after(self, delay: float, flight: Flight, fallback: Candidate) -> None:
+        await anyio.sleep(delay)
+        if not flight.reply.done:
+            self._answer(flight, fallback, Worth.FALLBACK)
+
+    async def _fetch_within(
+        self, flight: Flight, token: str | None, fallback: Candidate | None, limit: float | None
+    ) -> Outcome:
+        assert flight.fetcher is not None
         tally = self._tally
         tally.fetches += 1
-        try:
-            value = await _call_fetcher(flight.fetcher)
-        except Exception:
+        value: object = MISSING
+        failure: Exception | None = None
+        with anyio.move_on_after(math.inf if limit is None else limit) as deadline:
+            try:
+                value = await _call_fetcher(flight.fetcher)
+            except Exception as error:
+                failure = error
+        if failure is not None:
             tally.fetch_errors += 1
-            raise
-        writes, stored = self._writes.encode_fetched(flight.key, value, flight.ttl, flight.tags)
+            return self._failed(flight, fallback, failure)
+        if deadline.cancelled_caught:
+            tally.fetch_timeouts += 1
+            timeout = FetchTimeoutError(
+                f"the fetch of {flight.key!r} took longer than {limit} s and was cancelled"
+            )
+            return self._failed(flight, fallback, timeout)
+        self._parts.backoff.succeeded(flight.key)
+        writes, stored = self._writes.encode_fetched(
+            flight.key, value, flight.ttl, flight.tags, flight.freshness
+        )
         if not await self._writes.store(flight, writes, token):
-            tally.stale_loads += 1
+            self._tally.stale_loads += 1
         return stored, None
+
+    def _failed(self, flight: Flight, fallback: Candidate | None, error: Exception) -> Outcome:
+        """A fetch failed: the key backs off; the fallback answers if there is one (the
+        error logged once per key per backoff), else the error is raised. A refresh's
+        callers have their answer already: it counts as a refresh error."""
+        key, freshness = flight.key, flight.freshness
+        first = self._parts.backoff.failed(key, self._parts.clock(), freshness.error_backoff)
+        if fallback is None:
+            raise error
+        if first:
+            logger.warning(
+                "fetching %r failed (%r): serving the entry it has, and not fetching it "
+                "again for %s s",
+                key,
+                error,
+                freshness.error_backoff,
+            )
+        if flight.reply.done:
+            self._tally.refresh_errors += 1
+            return fallback[0].value, fallback[1]
+        self._tally.stale_on_error += 1
+        return self._answer(flight, fallback, Worth.FALLBACK)
 
 
 async def _call_fetcher(fetcher: Fetcher) -> object:

@@ -8,12 +8,14 @@ clock, the guards and the listener when the stack starts.
 
 from __future__ import annotations
 
+import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._bus import RedisInvalidationBus
 from ._clock import Clock
 from ._distributed import RedisSingleFlightCoordinator
+from ._freshness import NO_FRESHNESS, Backoff, Freshness
 from ._health import LayerHealth
 from ._layer import Layer, LocalLayer
 from ._listener import InvalidationListener
@@ -40,8 +42,16 @@ class Parts:
         degradation: GracefulDegradation | None,
         breaker: CircuitBreaker | None,
         telemetry: OpenTelemetry | None,
+        freshness: Freshness = NO_FRESHNESS,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.layers = tuple(layers)
+        self.freshness = freshness
+        """The stack's default :class:`~layercache.Freshness` (a call may replace it)."""
+        self.random = random
+        """Draws in [0, 1) for ``jitter`` (injectable, for tests)."""
+        self.backoff = Backoff()
+        """Keys whose fetch failed lately (``error_backoff``)."""
         self.bus = bus
         self.distributed = distributed
         self.degradation = degradation

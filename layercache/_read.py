@@ -22,7 +22,7 @@ A remote layer is read through its health guard: skipped, it reads as a miss.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -31,7 +31,7 @@ from ._exceptions import LayerUnavailableError, SerializationError
 from ._health import LayerHealth, Skipped
 from ._layer import Layer, LocalLayer
 from ._parts import Parts
-from ._record import Record
+from ._record import Entry, Record
 from ._redis_layer import ReadDone, RedisLayer
 from ._single_flight import MISSING, Flight, Outcome
 
@@ -40,6 +40,10 @@ logger = logging.getLogger("layercache.stack")
 L = TypeVar("L", bound=Layer)
 Found = dict[str, tuple[Record, str]]
 """Key → the record found and the name of the layer it came from."""
+Accept = Callable[[Record, float], bool]
+"""Whether a read takes a record found (at a moment on the stack's clock)."""
+Rejected = dict[str, list[tuple[Record, str]]]
+"""Key → the records a read did not take, and their layers' names, fastest first."""
 Since = int | Mapping[str, Flight]
 """When a read began, for the backfill rule: the fence count then, or the flights (by
 key) the read answers."""
@@ -55,21 +59,31 @@ class ReadPath:
         self._single_flight = parts.single_flight
         self._tally = parts.tally
 
-    def read_local(self, key: str) -> object:
-        """The value from the first local layer in front that has ``key`` (counted as
-        that layer's hit), or ``MISSING``. Synchronous: the caller's own task."""
+    def read_local(self, key: str) -> tuple[Record, str] | None:
+        """The record (fresh or stale) from the first local layer in front that has
+        ``key``, and that layer's name; None. Synchronous: the caller's own task, which
+        counts the hit. A fresh one is copied into the faster local layers."""
         since = self._single_flight.fence_count
         for index, layer in enumerate(self._local):
             record = layer.get_many_nowait((key,)).get(key)
             if record is not None:
-                self._copy_up_now(index, {key: record}, since)
-                self._tally.layer_hits[layer.name] += 1
-                return record.value
-        return MISSING
+                if record.is_fresh(self._parts.clock()):
+                    self._copy_up_now(index, {key: record}, since)
+                return record, layer.name
+        return None
 
-    async def read(self, keys: Sequence[str], since: Since, start: int = 0) -> Found:
+    async def read(
+        self,
+        keys: Sequence[str],
+        since: Since,
+        start: int = 0,
+        accept: Accept = Record.is_fresh,
+        rejected: Rejected | None = None,
+    ) -> Found:
         """The walk: each layer from ``start`` on is read once for the keys still
-        missing; what it has is backfilled (by the rule, against ``since``)."""
+        missing; what it has that ``accept`` takes (by default: fresh) is found and
+        backfilled (by the rule, against ``since``). Records it does not take are as
+        missing, and go into ``rejected`` (by key, fastest layer first) if given."""
         found: Found = {}
         pending = list(keys)
         for index in range(start, len(self._layers)):
@@ -80,14 +94,28 @@ class ReadPath:
             records = await self._read_layer(layer, pending)
             if not records:
                 continue
-            await self._copy_up(index, records, since)
-            for key, record in records.items():
+            now = self._parts.clock()
+            taken = {key: record for key, record in records.items() if accept(record, now)}
+            if rejected is not None and len(taken) < len(records):
+                for key, record in records.items():
+                    if key not in taken:
+                        rejected.setdefault(key, []).append((record, layer.name))
+            if not taken:
+                continue
+            await self._copy_up(index, taken, since)
+            for key, record in taken.items():
                 found[key] = (record, layer.name)
-            pending = [key for key in pending if key not in records]
+            pending = [key for key in pending if key not in taken]
         return found
 
+    async def entry(self, key: str) -> Entry | None:
+        """``key``'s entry from the first layer that has it, fresh or stale (copied into
+        the faster layers it missed in, by the rule), or None."""
+        hit = (await self.read((key,), self._single_flight.fence_count, 0, _any)).get(key)
+        return None if hit is None else Entry.of(hit[0], hit[1], self._parts.clock())
+
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        """``{key: value}`` for the keys some layer has, counted per key."""
+        """``{key: value}`` for the keys some layer has fresh, counted per key."""
         pending = list(dict.fromkeys(keys))
         found = await self.read(pending, self._single_flight.fence_count)
         layer_hits = self._tally.layer_hits
@@ -96,9 +124,20 @@ class ReadPath:
         self._tally.misses += len(pending) - len(found)
         return {key: record.value for key, (record, _) in found.items()}
 
-    async def read_through(self, key: str, since: int, start: int = 0) -> Outcome | None:
-        """A load's look at the layers from ``start`` on; None if none has ``key``."""
-        hit = (await self.read((key,), since, start)).get(key)
+    async def read_through(
+        self,
+        key: str,
+        since: int,
+        start: int = 0,
+        accept: Accept = Record.is_fresh,
+        rejected: list[tuple[Record, str]] | None = None,
+    ) -> Outcome | None:
+        """A load's look at the layers from ``start`` on; None if none has ``key`` as
+        ``accept`` wants it (what it refused goes into ``rejected``, if given)."""
+        refused: Rejected = {}
+        hit = (await self.read((key,), since, start, accept, refused)).get(key)
+        if rejected is not None:
+            rejected.extend(refused.get(key, ()))
         return None if hit is None else (hit[0].value, hit[1])
 
     async def read_flights(self, flights: list[Flight]) -> list[Outcome]:
@@ -194,8 +233,8 @@ class ReadPath:
                 single_flight.start(self._clean_then_miss, layer, corrupt, flight)
                 return
             record = records.get(key)
-            if record is None:
-                single_flight.complete(flight, (MISSING, None))
+            if record is None or not record.is_fresh(self._parts.clock()):
+                single_flight.complete(flight, (MISSING, None))  # without a fetcher: fresh only
                 return
             self._copy_up_now(index, records, since)
             single_flight.complete(flight, (record.value, layer.name))
@@ -240,6 +279,10 @@ class ReadPath:
             await layer.delete_corrupt(corrupt)
         finally:
             self._single_flight.complete(flight, (MISSING, None))
+
+
+def _any(record: Record, now: float) -> bool:
+    return True
 
 
 def _missing_if_skipped(outcome: Skipped | LayerUnavailableError) -> Outcome | BaseException:

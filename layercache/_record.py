@@ -20,6 +20,7 @@ An entry's life, deadlines in order (each None: never):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 NO_TAGS: frozenset[str] = frozenset()
 
@@ -66,6 +67,7 @@ class Record:
         return None if self.stale_until is None else self.stale_until - now
 
     def is_fresh(self, now: float) -> bool:
+        """Fresh at ``now`` (not yet past ``fresh_until``)."""
         until = self.fresh_until
         return until is None or until > now
 
@@ -103,3 +105,28 @@ class Record:
 
 def _earlier(deadline: float | None, until: float) -> float:
     return until if deadline is None else min(deadline, until)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An entry as :meth:`~layercache.CacheStack.get_entry` finds it, fresh or stale."""
+
+    value: object
+    """The value, as a ``get`` would return it."""
+    layer: str
+    """The name of the layer that had it (the first that did, fastest first)."""
+    state: Literal["fresh", "stale"]
+    """``"fresh"`` until its freshness ends, then ``"stale"`` (kept for
+    stale-while-revalidate and fail-safe)."""
+    fresh_for: float | None
+    """Seconds of freshness left: None for an entry that never expires, 0 once stale."""
+    tags: frozenset[str]
+    """Its tags."""
+
+    @classmethod
+    def of(cls, record: Record, layer: str, now: float) -> Entry:
+        """The entry ``record`` found in ``layer`` is at ``now``."""
+        fresh_until = record.fresh_until
+        fresh_for = None if fresh_until is None else max(0.0, fresh_until - now)
+        state: Literal["fresh", "stale"] = "fresh" if record.is_fresh(now) else "stale"
+        return cls(record.value, layer, state, fresh_for, record.tags)

@@ -30,7 +30,7 @@ path's one backfill rule compares it (see :mod:`._read`).
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -38,9 +38,12 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._backend import Event, event_type
 from ._exceptions import CacheClosedError
+from ._freshness import NO_FRESHNESS, Freshness
 from ._reply import ReplySlot
 
 Fetcher = Callable[[], Awaitable[object]]
+TTL = float | Mapping[str, float] | None
+"""A write's TTL: seconds, per layer name (the others keep their default), or None."""
 Outcome = tuple[object, str | None]
 """A load's result: the value (or :data:`MISSING`) and the layer it came from."""
 
@@ -59,26 +62,51 @@ MISSING: object = _Missing()
 class Flight:
     """One load in flight, and the reply slot its callers wait on."""
 
-    __slots__ = ("context", "fetcher", "key", "reply", "stale", "tags", "ttl", "waiters")
+    __slots__ = (
+        "context",
+        "fetcher",
+        "freshness",
+        "key",
+        "reply",
+        "served_stale",
+        "stale",
+        "tags",
+        "ttl",
+        "waiters",
+        "watched",
+    )
 
     def __init__(
         self,
         key: str,
         fetcher: Fetcher | None,
-        ttl: float | None,
+        ttl: TTL,
         tags: frozenset[str],
         done: Event | None = None,
+        freshness: Freshness = NO_FRESHNESS,
     ) -> None:
         self.key = key
         self.fetcher = fetcher
         self.ttl = ttl
         self.tags = tags
+        self.freshness = freshness
         self.waiters = 0
         self.stale = False
+        self.served_stale = False
+        """Its callers were answered with a stale entry (each counts a stale hit)."""
+        self.watched = tags
+        """The tags whose invalidation makes it stale: its own, and those of the entry
+        it refreshes (see :meth:`watch`)."""
         # The first caller's context variables (request ids, tracing spans, sessions):
         # the fetcher sees them as if the caller had spawned the load itself.
         self.context = contextvars.copy_context()
         self.reply: ReplySlot[Outcome] = ReplySlot(done)
+
+    def watch(self, tags: frozenset[str]) -> None:
+        """Be fenced by ``tags`` too (the tags of an entry found, before the fetch that
+        replaces it starts): data fetched after their invalidation began may be old."""
+        if not tags <= self.watched:
+            self.watched = self.watched | tags
 
     def __repr__(self) -> str:
         kind = "fetch" if self.fetcher is not None else "read"
@@ -114,6 +142,8 @@ class SingleFlight:
         self._new_event = new_event
         self.fence_count = 0
         """Grows with every fence; a reader that saw it unchanged saw no invalidation."""
+        self.background = 0
+        """Loads that answered their callers and go on refreshing (see ``_load``)."""
 
     def __repr__(self) -> str:
         return f"<SingleFlight loads={len(self._flights)} waiters={self.waiters}>"
@@ -164,12 +194,19 @@ class SingleFlight:
     # -- synchronous handlers ----------------------------------------------------
 
     def join(
-        self, key: str, fetcher: Fetcher | None, ttl: float | None, tags: frozenset[str]
+        self,
+        key: str,
+        fetcher: Fetcher | None,
+        ttl: TTL,
+        tags: frozenset[str],
+        freshness: Freshness = NO_FRESHNESS,
     ) -> tuple[Flight, bool]:
         """Return the load in flight for ``key`` of this kind, registering a new one if
         there is none: then the flag is True, and the caller :meth:`launch` es it.
 
-        Later callers share the first caller's fetcher, ``ttl`` and ``tags``.
+        Later callers share the first caller's fetcher, ``ttl``, ``tags`` and
+        ``freshness``; a load that answered early (a stale or early value) and goes on
+        refreshing is joined too: its later callers get that answer at once.
         """
         slot = (key, fetcher is not None)
         flight = self._flights.get(slot)
@@ -177,7 +214,7 @@ class SingleFlight:
             return flight, False
         # A stale load answers only those who asked before the change: a caller
         # arriving after it starts a new load (the old one forgets its slot).
-        flight = Flight(key, fetcher, ttl, tags, self._new_event())
+        flight = Flight(key, fetcher, ttl, tags, self._new_event(), freshness)
         self._flights[slot] = flight
         return flight, True
 
@@ -248,7 +285,7 @@ class SingleFlight:
         # reading load is fenced: the cost is one skipped backfill.
         self.fence_count += 1
         for flight in self._flights.values():
-            if flight.fetcher is None or tag in flight.tags:
+            if flight.fetcher is None or tag in flight.watched:
                 flight.stale = True
 
     def fence_all(self) -> None:

@@ -23,7 +23,19 @@ if TYPE_CHECKING:
 class Tally:
     """Per-call counters of one stack (the hot path's L1 hits are the stack's own)."""
 
-    __slots__ = ("fetch_errors", "fetches", "layer_hits", "misses", "stale_loads")
+    __slots__ = (
+        "fetch_errors",
+        "fetch_timeouts",
+        "fetches",
+        "layer_hits",
+        "misses",
+        "refresh_errors",
+        "refreshes",
+        "refreshes_skipped",
+        "stale_hits",
+        "stale_loads",
+        "stale_on_error",
+    )
 
     def __init__(self, names: Sequence[str]) -> None:
         self.layer_hits = dict.fromkeys(names, 0)
@@ -31,6 +43,12 @@ class Tally:
         self.fetches = 0
         self.fetch_errors = 0
         self.stale_loads = 0
+        self.stale_hits = 0
+        self.refreshes = 0
+        self.refreshes_skipped = 0
+        self.refresh_errors = 0
+        self.stale_on_error = 0
+        self.fetch_timeouts = 0
 
 
 def snapshot(parts: Parts, fast_hits: int, open_: bool) -> CacheStatistics:
@@ -50,6 +68,12 @@ def snapshot(parts: Parts, fast_hits: int, open_: bool) -> CacheStatistics:
         loads_in_flight=single_flight.loads_in_flight,
         waiters=single_flight.waiters,
         stale_loads=tally.stale_loads,
+        stale_hits=tally.stale_hits,
+        refreshes=tally.refreshes,
+        refreshes_skipped=tally.refreshes_skipped,
+        refresh_errors=tally.refresh_errors,
+        stale_on_error=tally.stale_on_error,
+        fetch_timeouts=tally.fetch_timeouts,
         invalidations_sent=listener.sent if listener else 0,
         invalidations_carried=listener.carried_sent if listener else 0,
         invalidations_received=listener.received.value if listener else 0,

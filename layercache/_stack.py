@@ -36,6 +36,7 @@ from ._bus import RedisInvalidationBus
 from ._clock import Clock
 from ._distributed import RedisSingleFlightCoordinator
 from ._exceptions import CacheClosedError
+from ._freshness import NO_FRESHNESS, Freshness
 from ._invalidation import DropAll, DropKeys, DropTag, InvalidationPath
 from ._layer import Layer
 from ._lifecycle import Lifecycle
@@ -43,12 +44,13 @@ from ._load import LoadPath
 from ._options import CircuitBreaker, GracefulDegradation
 from ._parts import Parts
 from ._read import ReadPath
+from ._record import Entry
 from ._redis_layer import RedisLayer
 from ._single_flight import MISSING, Fetcher
 from ._snapshot import snapshot
 from ._statistics import CacheStatistics
 from ._telemetry import OpenTelemetry
-from ._validation import check_key, check_keys, check_tag, check_tags, check_ttl
+from ._validation import check_key, check_keys, check_layer_ttls, check_tag, check_tags
 from ._write import WritePath
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
@@ -77,6 +79,11 @@ class CacheStack:
     :param telemetry: an :class:`~layercache.OpenTelemetry` hook: metrics from
         :meth:`statistics` and a span per load. Without it nothing is measured extra.
     :param clock: the time source for TTLs; defaults to the event loop's clock.
+    :param freshness: the default :class:`~layercache.Freshness` of every call and
+        write (stale windows, refresh-ahead, fetch timeouts, ...); a ``get`` may
+        replace it. Default: entries live their TTL, fetches have no time limit.
+    :param random: draws in [0, 1) for ``Freshness(jitter=...)`` (default
+        ``random.random``; tests inject their own).
     :raises ValueError: no layers, or two layers with one name.
     :raises TypeError: something that is not a layer or an option object.
     """
@@ -91,8 +98,13 @@ class CacheStack:
         circuit_breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
         telemetry: OpenTelemetry | None = None,
+        freshness: Freshness | None = None,
+        random: Callable[[], float] | None = None,
     ) -> None:
         checked = _check_layers(layers)
+        _check_freshness(freshness)
+        if random is not None and not callable(random):
+            raise TypeError("random must be a zero-argument callable returning floats in [0, 1)")
         _check_options(
             invalidation_bus, single_flight_coordinator, graceful_degradation,
             circuit_breaker, clock, telemetry,
@@ -116,7 +128,10 @@ class CacheStack:
             degradation=graceful_degradation,
             breaker=circuit_breaker,
             telemetry=telemetry,
+            freshness=freshness or NO_FRESHNESS,
+            **({"random": random} if random is not None else {}),
         )
+        self.freshness = parts.freshness
         self.origin = parts.origin
         """This stack's id on the invalidation bus (it ignores its own messages)."""
         announcer = Announcer(parts)
@@ -200,16 +215,22 @@ class CacheStack:
         key: str,
         fetcher: Callable[[], Awaitable[Any]] | None = None,
         *,
-        ttl: float | None = None,
+        ttl: float | Mapping[str, float] | None = None,
         tags: Iterable[str] = (),
         default: Any = None,
+        freshness: Freshness | None = None,
     ) -> Any:
-        """Return the value for ``key`` from the first layer that has it.
+        """Return the value for ``key`` from the first layer that has it fresh.
 
         Faster layers that missed are backfilled. On a full miss, ``fetcher()`` is
         awaited once however many tasks ask at the same moment, its result is stored in
-        every layer with ``ttl`` and ``tags``, and returned to all of them. Without a
-        fetcher a miss returns ``default``. A fetched ``None`` is cached like any value.
+        every layer with ``ttl`` (seconds, or ``{layer name: seconds}``) and ``tags``,
+        and returned to all of them. Without a fetcher a miss returns ``default``, and
+        only fresh entries answer. A fetched ``None`` is cached like any value.
+
+        ``freshness`` replaces the stack's :class:`~layercache.Freshness` for this call
+        (the whole object): with it, a stale entry may answer at once while one
+        background refresh runs, or stand in for a fetch that fails or times out.
 
         :raises TypeError: a key that is not str, a fetcher that is not callable or does
             not return an awaitable, bad ``ttl``/``tags`` types.
@@ -221,9 +242,11 @@ class CacheStack:
         :raises SerializationError: a fetched value a layer cannot store (nothing is
             written).
         :raises LayerUnavailableError: a layer failed and degradation is off.
+        :raises FetchTimeoutError: the fetch ran past ``freshness.hard_timeout``, with
+            no stale entry to answer instead.
 
         Whatever the fetcher raises reaches every caller waiting on that load and is
-        not cached.
+        not cached (with a stale entry within ``stale_if_error``, they get that).
         """
         read = self._fast_read
         if (
@@ -233,23 +256,44 @@ class CacheStack:
             and ttl is None
             and not tags
             and (fetcher is None or callable(fetcher))
+            and (freshness is None or type(freshness) is Freshness)
         ):
-            value = read(key)
+            value = read(key)  # a fresh entry, not due for a refresh ahead
             if value is not MISSING:
                 self._fast_hits += 1
                 return value
-        return await self._get_slow(key, fetcher, ttl, tags, default)
+        return await self._get_slow(key, fetcher, ttl, tags, default, freshness)
 
     async def _get_slow(
-        self, key: object, fetcher: Fetcher | None, ttl: object, tags: object, default: Any
+        self,
+        key: object,
+        fetcher: Fetcher | None,
+        ttl: object,
+        tags: object,
+        default: Any,
+        freshness: object,
     ) -> Any:
         self._check_open("CacheStack.get()")
         checked_key = check_key(key)
-        checked_ttl = check_ttl(ttl)
+        checked_ttl = self._check_ttl(ttl)
         checked_tags = check_tags(tags)
         if fetcher is not None and not callable(fetcher):
             raise TypeError(f"fetcher must be a zero-argument async callable, not {fetcher!r}")
-        return await self._loads.get(checked_key, fetcher, checked_ttl, checked_tags, default)
+        _check_freshness(freshness)
+        chosen = self._parts.freshness if freshness is None else freshness
+        assert isinstance(chosen, Freshness)
+        return await self._loads.get(
+            checked_key, fetcher, checked_ttl, checked_tags, default, chosen
+        )
+
+    def _check_ttl(self, ttl: object) -> float | Mapping[str, float] | None:
+        return check_layer_ttls(ttl, [layer.name for layer in self._parts.layers])
+
+    async def get_entry(self, key: str) -> Entry | None:
+        """The entry for ``key`` from the first layer that has it, fresh or stale,
+        without fetching (faster layers that missed are backfilled), or None."""
+        self._check_open("CacheStack.get_entry()")
+        return await self._reads.entry(check_key(key))
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Return ``{key: value}`` for the keys some layer has; missing keys are left out.
@@ -263,20 +307,30 @@ class CacheStack:
     # -- writes ------------------------------------------------------------------------
 
     async def set(
-        self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | Mapping[str, float] | None = None,
+        tags: Iterable[str] = (),
     ) -> None:
-        """Store ``value`` under ``key`` in every layer, replacing its tags.
+        """Store ``value`` under ``key`` in every layer, replacing its tags, aged by the
+        stack's freshness (``ttl``: seconds, or ``{layer name: seconds}``).
 
         :raises SerializationError: a layer cannot encode ``value``; no layer is written.
         """
         self._check_open("CacheStack.set()")
-        checked_ttl, checked_tags = check_ttl(ttl), check_tags(tags)
+        checked_ttl, checked_tags = self._check_ttl(ttl), check_tags(tags)
         checked_key = check_key(key)  # after them, as set_many checks its keys
         writes = self._writes.encode(checked_key, value, checked_ttl, checked_tags)
         await self._writes.write((checked_key,), writes)
 
     async def set_many(
-        self, mapping: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
+        self,
+        mapping: Mapping[str, Any],
+        *,
+        ttl: float | Mapping[str, float] | None = None,
+        tags: Iterable[str] = (),
     ) -> None:
         """Store every item of ``mapping`` in every layer with the same ``ttl`` and ``tags``.
 
@@ -287,7 +341,7 @@ class CacheStack:
             raise TypeError(
                 f"set_many takes a mapping of key to value, not {type(mapping).__name__}"
             )
-        checked_ttl = check_ttl(ttl)
+        checked_ttl = self._check_ttl(ttl)
         checked_tags = check_tags(tags)
         keys = check_keys(mapping.keys())
         values = {key: mapping[key] for key in keys}
@@ -376,3 +430,8 @@ def _check_options(
         raise TypeError("clock must be a zero-argument callable returning seconds")
     if telemetry is not None and not isinstance(telemetry, OpenTelemetry):
         raise TypeError(f"telemetry must be an OpenTelemetry hook, not {telemetry!r}")
+
+
+def _check_freshness(freshness: object) -> None:
+    if freshness is not None and not isinstance(freshness, Freshness):
+        raise TypeError(f"freshness must be a Freshness, not {type(freshness).__name__}")

@@ -154,3 +154,17 @@ class CacheStatistics:
     bus_configuration_errors: int = 0
     """Of ``bus_errors``, those the server's configuration caused (see
     :attr:`LayerStatistics.configuration_errors`)."""
+    stale_hits: int = 0
+    """``get`` calls answered with a stale entry (stale-while-revalidate, a refresh
+    skipped or backed off, or a fail-safe answer); also counted in ``hits``."""
+    refreshes: int = 0
+    """Background refreshes started (stale-while-revalidate, refresh-ahead)."""
+    refreshes_skipped: int = 0
+    """Background refreshes not started because as many as the limit were running."""
+    refresh_errors: int = 0
+    """Background refreshes whose fetch failed or ran past its time limit."""
+    stale_on_error: int = 0
+    """Loads answered with the stale entry because the fetch failed or ran past
+    ``hard_timeout`` (fail-safe); the error is logged, never cached."""
+    fetch_timeouts: int = 0
+    """Fetches cancelled at ``hard_timeout`` (or at the background time limit)."""

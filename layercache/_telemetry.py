@@ -28,7 +28,9 @@ class OpenTelemetry:
     Metrics, each with the attribute ``layercache.stack`` (``name``), all monotonic
     counters but the two gauges: ``layercache.hits`` (per ``layercache.layer``),
     ``layercache.misses``, ``layercache.fetches``, ``layercache.fetch_errors``,
-    ``layercache.stale_loads``; per layer (``layercache.layer``)
+    ``layercache.stale_loads``, and the freshness counters ``layercache.stale_hits``,
+    ``.refreshes``, ``.refreshes_skipped``, ``.refresh_errors``, ``.stale_on_error``
+    and ``.fetch_timeouts``; per layer (``layercache.layer``)
     ``layercache.layer.misses``, ``.errors``, ``.dropped``, ``.skipped`` and ``.corrupt``;
     ``layercache.invalidations`` (per ``layercache.direction``: sent, received,
     rejected) and ``layercache.bus.dropped``; ``layercache.coordinator.locks`` (per
@@ -146,6 +148,12 @@ _COUNTERS: dict[str, Callable[[CacheStatistics], Iterable[tuple[int, dict[str, s
     "layercache.fetches": lambda s: [(s.fetches, {})],
     "layercache.fetch_errors": lambda s: [(s.fetch_errors, {})],
     "layercache.stale_loads": lambda s: [(s.stale_loads, {})],
+    "layercache.stale_hits": lambda s: [(s.stale_hits, {})],
+    "layercache.refreshes": lambda s: [(s.refreshes, {})],
+    "layercache.refreshes_skipped": lambda s: [(s.refreshes_skipped, {})],
+    "layercache.refresh_errors": lambda s: [(s.refresh_errors, {})],
+    "layercache.stale_on_error": lambda s: [(s.stale_on_error, {})],
+    "layercache.fetch_timeouts": lambda s: [(s.fetch_timeouts, {})],
     "layercache.layer.misses": _per_layer("misses"),
     "layercache.layer.errors": _per_layer("errors"),
     "layercache.layer.dropped": _per_layer("dropped"),

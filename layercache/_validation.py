@@ -9,7 +9,7 @@ Every duration (a TTL, a timeout, a lease, an interval) goes through
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TypeGuard
 
 MAX_KEY_LENGTH = 1024
@@ -69,6 +69,21 @@ def check_ttl(ttl: object) -> float | None:
     """Return ``ttl`` as a float, or None for "the layer's default" (see
     :func:`check_duration`)."""
     return None if ttl is None else check_duration(ttl, "ttl")
+
+
+def check_layer_ttls(ttl: object, names: list[str]) -> float | Mapping[str, float] | None:
+    """:func:`check_ttl`, or a mapping of layer name to TTL (the layers it does not name
+    keep their default), checked against the stack's layer ``names``."""
+    if not isinstance(ttl, Mapping):
+        return check_ttl(ttl)
+    checked: dict[str, float] = {}
+    for name, seconds in ttl.items():
+        if name not in names:
+            raise ValueError(
+                f"ttl names no layer of this stack: {name!r} (layers: {sorted(names)})"
+            )
+        checked[name] = check_duration(seconds, f"ttl[{name!r}]")
+    return checked
 
 
 def check_tags(tags: object) -> frozenset[str]:

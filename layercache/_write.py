@@ -31,13 +31,14 @@ from collections.abc import Mapping, Sequence
 
 from ._announce import Announcer
 from ._bus import split_keys
+from ._freshness import Freshness
 from ._health import FAILED
 from ._invalidation import DropKeys, InvalidationPath
 from ._layer import Layer
 from ._parts import Parts
 from ._record import Record
 from ._redis_layer import Announcement
-from ._single_flight import Flight
+from ._single_flight import TTL, Flight
 
 Writes = dict[Layer, dict[str, Record]]
 """Each layer's records to write, values encoded by that layer."""
@@ -71,35 +72,36 @@ class WritePath:
         local layers store and what a ``get`` answered by it returns (so an encoding
         that does not read back fails the write before anything is written)."""
 
-    def encode(self, key: str, value: object, ttl: float | None, tags: frozenset[str]) -> Writes:
-        """Every layer's record of ``value`` for ``key`` (checked), encoded now.
+    def encode(self, key: str, value: object, ttl: TTL, tags: frozenset[str]) -> Writes:
+        """Every layer's record of ``value`` for ``key`` (checked), encoded now, aged by
+        the stack's freshness.
 
         :raises SerializationError: a layer cannot encode it, or its encoding does not
             read back; nothing is written.
         """
-        return self.encode_fetched(key, value, ttl, tags)[0]
+        return self.encode_fetched(key, value, ttl, tags, self._parts.freshness)[0]
 
     def encode_fetched(
-        self, key: str, value: object, ttl: float | None, tags: frozenset[str]
+        self, key: str, value: object, ttl: TTL, tags: frozenset[str], freshness: Freshness
     ) -> tuple[Writes, object]:
-        """:meth:`encode`, and ``value`` as a ``get`` gives it back: what the local
-        layers in front store, or the first remote layer's round trip. A load returns
-        that, so its callers get what later ``get``s get.
+        """:meth:`encode` with ``freshness``, and ``value`` as a ``get`` gives it back:
+        what the local layers in front store, or the first remote layer's round trip. A
+        load returns that, so its callers get what later ``get``s get.
 
         :raises SerializationError: as :meth:`encode`.
         """
         writes: Writes = {layer: {} for layer in self._parts.layers}
-        given_back = self._encode_into(writes, key, value, self._parts.clock(), ttl, tags)
+        now = self._parts.clock()
+        given_back = self._encode_into(writes, key, value, now, ttl, tags, freshness)
         return writes, given_back
 
-    def encode_many(
-        self, values: Mapping[str, object], ttl: float | None, tags: frozenset[str]
-    ) -> Writes:
+    def encode_many(self, values: Mapping[str, object], ttl: TTL, tags: frozenset[str]) -> Writes:
         """:meth:`encode` for several keys at once (all encoded before any is written)."""
         now = self._parts.clock()
+        freshness = self._parts.freshness
         writes: Writes = {layer: {} for layer in self._parts.layers}
         for key, value in values.items():
-            self._encode_into(writes, key, value, now, ttl, tags)
+            self._encode_into(writes, key, value, now, ttl, tags, freshness)
         return writes
 
     def _encode_into(
@@ -108,13 +110,17 @@ class WritePath:
         key: str,
         value: object,
         now: float,
-        ttl: float | None,
+        ttl: TTL,
         tags: frozenset[str],
+        freshness: Freshness,
     ) -> object:
         # Slowest first: a local layer stores what the nearest slower layer gives back.
         given_back = value
+        draw = self._parts.random() if freshness.jitter else 0.0  # one draw per write
         for layer, decodes in self._slowest_first:
-            record = layer.record(given_back if layer.local else value, now, ttl, tags)
+            layer_ttl = ttl.get(layer.name) if isinstance(ttl, Mapping) else ttl
+            stored = given_back if layer.local else value
+            record = layer.record(stored, now, layer_ttl, tags, freshness, draw)
             writes[layer][key] = record
             if decodes:
                 given_back = layer.decode(record.value)
