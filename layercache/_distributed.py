@@ -176,6 +176,7 @@ class RedisSingleFlightCoordinator:
         self._orphaned: anyio.Event | None = None
         """Set when ``_orphans`` gets one (an Event of the running actor's loop)."""
         self.acquired = self.waits = self.takeovers = self.timeouts = self.lost = 0
+        self.refreshes_elsewhere = 0
 
     def __repr__(self) -> str:
         where = self.endpoint.display()
@@ -314,6 +315,29 @@ class RedisSingleFlightCoordinator:
                 return found
             if wait.given_up(anyio.current_time()):
                 return await self._gave_up(key, guard, fetch)
+
+    async def refresh_once(
+        self,
+        key: str,
+        tags: Iterable[str],
+        guard: LayerHealth,
+        read: Callable[[], Awaitable[T | None]],
+        fetch: Callable[[str | None], Awaitable[T]],
+    ) -> T | None:
+        """A background refresh: fetch under ``key``'s lock if it is free, never wait
+        for it. None if another process holds it (it refreshes; this one goes on
+        serving what it has). As :meth:`load_once` otherwise."""
+        token = await guard.call(self.acquire, key, tags)
+        if isinstance(token, Skipped):
+            return await fetch(None)
+        if token is None:
+            self.refreshes_elsewhere += 1
+            return None
+        try:
+            found = await read()  # refreshed just before we took the lock?
+            return found if found is not None else await fetch(token)
+        finally:
+            await self.release(key, token)
 
     async def _gave_up(
         self, key: str, guard: LayerHealth, fetch: Callable[[str | None], Awaitable[T]]
@@ -464,6 +488,7 @@ class RedisSingleFlightCoordinator:
             timeouts=self.timeouts,
             lost=self.lost,
             held=len(self._held),
+            refreshes_elsewhere=self.refreshes_elsewhere,
         )
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -132,10 +133,7 @@ class LoadPath:
         since = self._single_flight.fence_count
         freshness = flight.freshness
         candidates: list[Candidate] = []
-
-        def fresh(record: Record, now: float) -> bool:
-            return judge(record, now, freshness) is Worth.FRESH
-
+        fresh = self._fresh(flight)
         found = await self._reads.read_through(flight.key, since, 0, fresh, candidates)
         if found is not None:
             return found
@@ -149,14 +147,26 @@ class LoadPath:
             if self._parts.backoff.active(flight.key, now):
                 return self._answer(flight, candidate, worth)  # the origin rests
             if worth is not Worth.FALLBACK:
-                outcome = self._answer(flight, candidate, worth)
+                answered = self._answer(flight, candidate, worth)
                 await self._refresh(flight, since, candidate)
-                return outcome
+                return answered
         fallback = candidate if worth is Worth.FALLBACK else None
         limit = freshness.hard_timeout
         if limit is None and fallback is not None and freshness.soft_timeout is not None:
             limit = REFRESH_TIME_LIMIT  # it may go on in the background: bounded there too
-        return await self._locked_fetch(flight, since, fallback, limit)
+        outcome = await self._locked_fetch(flight, since, fallback, limit)
+        assert outcome is not None
+        return outcome
+
+    @staticmethod
+    def _fresh(flight: Flight) -> Callable[[Record, float], bool]:
+        """What a load takes as found: fresh, and not due for a refresh ahead."""
+        freshness = flight.freshness
+
+        def fresh(record: Record, now: float) -> bool:
+            return judge(record, now, freshness) is Worth.FRESH
+
+        return fresh
 
     def _answer(self, flight: Flight, candidate: Candidate, worth: Worth) -> Outcome:
         """Answer the flight's callers with ``candidate`` now (the load may go on)."""
@@ -177,7 +187,7 @@ class LoadPath:
         single_flight.background += 1
         try:
             limit = flight.freshness.hard_timeout or REFRESH_TIME_LIMIT
-            await self._locked_fetch(flight, since, candidate, limit)
+            await self._locked_fetch(flight, since, candidate, limit, background=True)
         except Exception as error:  # a layer or the coordinator, not the fetcher
             tally.refresh_errors += 1
             logger.warning("refreshing %r failed: %r", flight.key, error)
@@ -185,21 +195,32 @@ class LoadPath:
             single_flight.background -= 1
 
     async def _locked_fetch(
-        self, flight: Flight, since: int, fallback: Candidate | None, limit: float | None
-    ) -> Outcome:
-        """Fetch, under the distributed coordinator's lock where there is one."""
+        self,
+        flight: Flight,
+        since: int,
+        fallback: Candidate | None,
+        limit: float | None,
+        *,
+        background: bool = False,
+    ) -> Outcome | None:
+        """Fetch, under the distributed coordinator's lock where there is one: waiting
+        for the process that holds it, or (``background``) leaving the refresh to it
+        (None)."""
         distributed = self._parts.distributed
         if distributed is None:
             return await self._fetch(flight, None, fallback, limit)
         remote = len(self._parts.local)
 
         async def read() -> Outcome | None:
-            return await self._reads.read_through(flight.key, since, remote)
+            # Fresh and not due: an entry due for the refresh this is still needs it.
+            return await self._reads.read_through(flight.key, since, remote, self._fresh(flight))
 
         async def fetch(token: str | None) -> Outcome:
             return await self._fetch(flight, token, fallback, limit)
 
         guard = self._parts.guards[distributed]
+        if background:
+            return await distributed.refresh_once(flight.key, flight.tags, guard, read, fetch)
         return await distributed.load_once(flight.key, flight.tags, guard, read, fetch)
 
     async def _fetch(
@@ -252,7 +273,10 @@ class LoadPath:
         writes, stored = self._writes.encode_fetched(
             flight.key, value, flight.ttl, flight.tags, flight.freshness
         )
-        if not await self._writes.store(flight, writes, token):
+        # It replaces an entry found stale or early, which other instances may hold
+        # too: tell them to drop theirs (they find this one in Redis).
+        replaces = fallback is not None or flight.reply.done
+        if not await self._writes.store(flight, writes, token, announce=replaces):
             self._tally.stale_loads += 1
         return stored, None
 

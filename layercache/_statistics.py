@@ -96,6 +96,9 @@ class CoordinatorStatistics:
     configuration_errors: int = 0
     """Of ``errors``, those the server's configuration caused (see
     :attr:`LayerStatistics.configuration_errors`)."""
+    refreshes_elsewhere: int = 0
+    """Background refreshes that found the key's lock held by another process and left
+    the refresh to it (serving what they had)."""
 
 
 @dataclass(frozen=True, slots=True)

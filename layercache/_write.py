@@ -27,10 +27,12 @@ and then so do the others.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Mapping, Sequence
 
 from ._announce import Announcer
 from ._bus import split_keys
+from ._exceptions import LayerUnavailableError
 from ._freshness import Freshness
 from ._health import FAILED
 from ._invalidation import DropKeys, InvalidationPath
@@ -39,6 +41,8 @@ from ._parts import Parts
 from ._record import Record
 from ._redis_layer import Announcement
 from ._single_flight import TTL, Flight
+
+logger = logging.getLogger("layercache.stack")
 
 Writes = dict[Layer, dict[str, Record]]
 """Each layer's records to write, values encoded by that layer."""
@@ -148,18 +152,32 @@ class WritePath:
         self._write_local(writes)
         await self._announcer.send(messages, deadline, announce)
 
-    async def store(self, flight: Flight, writes: Writes, token: str | None) -> bool:
+    async def store(
+        self, flight: Flight, writes: Writes, token: str | None, *, announce: bool = False
+    ) -> bool:
         """Store a load's result unless a change made its flight stale; False if it was
         not stored. Stale before the remote write: nothing is written. Stale during it:
         the remote layers got it just before the change reached them, and the change
         itself removes it there; the local layers are not written. (A remote write with
-        an unknown outcome is no reason not to keep the value here: a load announces
-        nothing, and another instance holds no newer value because of it.)"""
-        if flight.stale or await self._write_remote(writes, token) is LOCK_LOST:
+        an unknown outcome is no reason not to keep the value here: another instance
+        holds no newer value because of it.)
+
+        ``announce``: the result replaces an entry other instances may hold stale (a
+        refresh): once stored, they are told to drop the key, and read this one from
+        Redis next. A bus failure then is logged: the value is stored all the same."""
+        if flight.stale:
+            return False
+        messages = split_keys(self._parts.origin, (flight.key,)) if announce else []
+        announcement = self._announcer.announcement(messages)
+        if await self._write_remote(writes, token, announce=announcement) is LOCK_LOST:
             return False
         if flight.stale:
             return False
         self._write_local(writes)
+        try:
+            await self._announcer.send(messages, self._announcer.deadline(), announcement)
+        except LayerUnavailableError as error:
+            logger.warning("could not announce the refresh of %r: %s", flight.key, error)
         return True
 
     async def _write_remote(

@@ -11,6 +11,10 @@ key. Lines it prints, for the parent to follow:
   ``finish`` line on stdin before it returns);
 - ``result {json}``: at the end, the fetches, the values the callers got and the
   coordinator's counters.
+
+With ``--refresh SECONDS`` the callers instead read the key over and over for that long
+(10 ms apart), with a ``--ttl`` and ``Freshness(refresh_ahead=0.5)``, on a stack with the
+invalidation bus: the refresh-ahead test of many processes sharing one hot key.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from layercache import CacheStack, MemoryLayer, RedisLayer, RedisSingleFlightCoordinator
+from layercache import (
+    CacheStack,
+    Freshness,
+    MemoryLayer,
+    RedisInvalidationBus,
+    RedisLayer,
+    RedisSingleFlightCoordinator,
+)
 from layercache._distributed import Wait
 
 
@@ -44,16 +55,24 @@ async def main(arguments: argparse.Namespace) -> None:
         coordinator = RedisSingleFlightCoordinator(
             arguments.url, lease=arguments.lease, wait_timeout=arguments.wait_timeout
         )
+    refreshing = arguments.refresh is not None
     stack = CacheStack(
         [MemoryLayer(), RedisLayer(url=arguments.url, prefix=arguments.prefix)],
         single_flight_coordinator=coordinator,
+        invalidation_bus=(
+            RedisInvalidationBus(arguments.url, channel=arguments.prefix + "bus")
+            if refreshing
+            else None
+        ),
+        freshness=Freshness(refresh_ahead=0.5) if refreshing else None,
     )
     fetches = 0
 
     async def fetch() -> dict[str, Any]:
         nonlocal fetches
         fetches += 1
-        say("fetching")
+        if not refreshing:
+            say("fetching")
         if arguments.gate:
             line = await read_line()
             assert line == "finish", line
@@ -62,7 +81,7 @@ async def main(arguments: argparse.Namespace) -> None:
         return {"pid": os.getpid(), "listing": list(range(10))}
 
     async with stack as cache:
-        if coordinator is not None:
+        if coordinator is not None and not refreshing:
             original = coordinator.waiting
 
             def waiting() -> Wait:
@@ -81,6 +100,8 @@ async def main(arguments: argparse.Namespace) -> None:
                 async def call() -> None:
                     if arguments.no_cache:
                         values.append(await fetch())
+                    elif refreshing:
+                        values.append(await read_for(cache, arguments, fetch))
                     else:
                         values.append(await cache.get(arguments.key, fetch))
 
@@ -100,9 +121,20 @@ async def main(arguments: argparse.Namespace) -> None:
                     "acquired": stats.acquired if stats else 0,
                     "waits": stats.waits if stats else 0,
                     "takeovers": stats.takeovers if stats else 0,
+                    "refreshes": cache.statistics().refreshes,
                 }
             )
         )
+
+
+async def read_for(cache: CacheStack, arguments: argparse.Namespace, fetch: Any) -> Any:
+    """Read the key for ``--refresh`` seconds; the last value read."""
+    until = time.monotonic() + arguments.refresh
+    value = await cache.get(arguments.key, fetch, ttl=arguments.ttl)
+    while time.monotonic() < until:
+        await anyio.sleep(0.01)  # a reader's pace, not a wait for anything
+        value = await cache.get(arguments.key, fetch, ttl=arguments.ttl)
+    return value
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,6 +150,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wait-timeout", type=float, default=5.0)
     parser.add_argument("--gate", action="store_true", help="fetchers wait for 'finish'")
     parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--refresh", type=float, help="read the key this many seconds")
+    parser.add_argument("--ttl", type=float, default=1.0)
     return parser.parse_args(argv)
 
 

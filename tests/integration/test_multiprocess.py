@@ -186,3 +186,30 @@ def test_a_holder_killed_mid_fetch_is_taken_over_by_exactly_one_process(
     for result in results:
         assert result["callers"] == CALLERS
         assert result["pids"] == [successor.process.pid]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_processes_sharing_a_hot_key_refresh_it_ahead_once_per_period(
+    redis_server: RedisServer, workers: Any, backend: str
+) -> None:
+    """Four processes of 10 readers keep reading one key (TTL 1 s, refresh-ahead at
+    half of it) for 3 s, with the coordinator and the bus: one origin call per
+    refresh period in all, not one per process (a bound, not a timing)."""
+    seconds, ttl = 3.0, 1.0
+    arguments = [
+        "--url", redis_server.url, "--prefix", f"mp:{uuid.uuid4().hex[:8]}:",
+        "--callers", "10", "--backend", backend, "--coordinator", "--latency", "0.02",
+        "--refresh", str(seconds), "--ttl", str(ttl),
+    ]  # fmt: skip
+    group = workers(arguments)
+    for worker in group:
+        worker.expect("ready")
+    for worker in group:
+        worker.tell("go")
+    results = [worker.result() for worker in group]
+    periods = seconds / (ttl * 0.5)
+    fetches = sum(result["fetches"] for result in results)
+    # The first load, then at most one refresh per period (each renews the TTL from
+    # its end): per process, it would be four times as many.
+    assert 2 <= fetches <= periods + 2, [result["fetches"] for result in results]
+    assert sum(result["refreshes"] for result in results) >= 1
