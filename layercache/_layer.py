@@ -23,7 +23,7 @@ from anyio.abc import TaskStatus
 
 from ._clock import Clock
 from ._freshness import NO_FRESHNESS, Freshness
-from ._record import NO_TAGS, Record
+from ._record import NO_TAGS, Record, Serving
 from ._statistics import LayerStatistics
 
 
@@ -149,15 +149,30 @@ class LocalLayer(Layer):
     def get_nowait(self, key: str, default: object = None) -> object:
         """The value for ``key``, or ``default``. No record is allocated."""
 
-    def reader(self, missing: object) -> Callable[[str], object]:
-        """A fast read for the stack's hot path: the value or ``missing``.
+    def reader(
+        self, missing: object, serving: Mapping[str, Serving] | None = None
+    ) -> Callable[[str], object]:
+        """A fast read for the stack's hot path: the value of a fresh entry not due for
+        a refresh ahead, or (under a grant in ``serving``, counted in its ``hits``) of
+        an early or stale one; else ``missing``.
 
         It may skip bookkeeping (the stack counts its hits and takes the slow path on
-        ``missing``). The default reads through :meth:`get_nowait`.
+        ``missing``). The default reads through :meth:`get_many_nowait`.
         """
+        grants: Mapping[str, Serving] = serving if serving is not None else {}
 
         def read(key: str) -> object:
-            return self.get_nowait(key, missing)
+            record = self.get_many_nowait((key,)).get(key)
+            if record is None:
+                return missing
+            now = self.clock()
+            if not record.is_due(now):
+                return record.value
+            granted = grants.get(key)
+            if granted is not None and granted.until > now:
+                granted.hits += 1
+                return record.value
+            return missing
 
         return read
 

@@ -44,7 +44,7 @@ from ._exceptions import FetchTimeoutError
 from ._freshness import MAX_REFRESHES, REFRESH_TIME_LIMIT, Freshness, Worth, best, judge
 from ._parts import Parts
 from ._read import ReadPath
-from ._record import Record
+from ._record import Record, Serving
 from ._single_flight import MISSING, TTL, Fetcher, Flight, Outcome
 from ._write import WritePath
 
@@ -88,12 +88,17 @@ class LoadPath:
         single_flight = self._single_flight
         flight, new = single_flight.join(key, fetcher, ttl, tags, freshness)
         read_it = new and single_flight.launch(flight) and await self._reads.read_directly(flight)
+        late = flight.final is not None and flight.answered_until <= self._parts.clock()
         try:
-            if flight.reply.done:
-                if not read_it:
+            if late:
+                # Its early answer has aged past what a caller may get: wait for the end.
+                value, source = await self._single_flight.wait(flight, final=True)
+            elif flight.reply.done:
+                if new and not read_it:
                     # Answered with no I/O (a layer down or skipped): still let other
                     # tasks run, or a caller retrying in a loop would starve them, the
                     # transport's reconnect included (asyncio's set event does not yield).
+                    # (A load joined after it answered, early, is a hit: no yield.)
                     await anyio.lowlevel.checkpoint()
                 value, source = flight.reply.result()
             else:
@@ -105,7 +110,7 @@ class LoadPath:
             tally.misses += 1
         else:
             tally.layer_hits[source] += 1
-            tally.stale_hits += flight.served_stale
+            tally.stale_hits += flight.served_stale and not late
         return default if value is MISSING else value
 
     def _refresh_ahead(
@@ -147,9 +152,9 @@ class LoadPath:
             if self._parts.backoff.active(flight.key, now):
                 return self._answer(flight, candidate, worth)  # the origin rests
             if worth is not Worth.FALLBACK:
-                answered = self._answer(flight, candidate, worth)
-                await self._refresh(flight, since, candidate)
-                return answered
+                answered = self._answer(flight, candidate, worth, goes_on=True)
+                refreshed = await self._refresh(flight, since, candidate)
+                return answered if refreshed is None else refreshed
         fallback = candidate if worth is Worth.FALLBACK else None
         limit = freshness.hard_timeout
         if limit is None and fallback is not None and freshness.soft_timeout is not None:
@@ -168,31 +173,70 @@ class LoadPath:
 
         return fresh
 
-    def _answer(self, flight: Flight, candidate: Candidate, worth: Worth) -> Outcome:
-        """Answer the flight's callers with ``candidate`` now (the load may go on)."""
+    def _answer(
+        self, flight: Flight, candidate: Candidate, worth: Worth, *, goes_on: bool = False
+    ) -> Outcome:
+        """Answer the flight's callers with ``candidate`` now; ``goes_on``: the load
+        goes on, and callers who join it get this answer while the call's windows
+        allow it, the load's own result after."""
         record, name = candidate
-        flight.served_stale = worth is not Worth.EARLY
         outcome: Outcome = (record.value, name)
-        flight.reply.set(outcome)
+        if flight.reply.done:
+            return outcome
+        flight.served_stale = worth is not Worth.EARLY
+        if not goes_on:
+            flight.reply.set(outcome)
+            return outcome
+        freshness = flight.freshness
+        window = (
+            freshness.stale_if_error
+            if worth is Worth.FALLBACK
+            else freshness.stale_while_revalidate
+        )
+        until = math.inf if record.fresh_until is None else record.fresh_until + window
+        if record.stale_until is not None:
+            until = min(until, record.stale_until)
+        flight.answer_early(outcome, until, self._single_flight.event())
         return outcome
 
-    async def _refresh(self, flight: Flight, since: int, candidate: Candidate) -> None:
+    async def _refresh(self, flight: Flight, since: int, candidate: Candidate) -> Outcome | None:
         """The background part of a load that has answered: fetch and store, bounded in
-        number and time; a failure is counted and logged (the callers have their value)."""
+        number and time; a failure is counted and logged (the callers have their value).
+        Its result, for callers who joined late; None if there is none."""
         single_flight, tally = self._single_flight, self._tally
         if single_flight.background >= MAX_REFRESHES:
             tally.refreshes_skipped += 1
-            return
+            return None
         tally.refreshes += 1
         single_flight.background += 1
+        granted = self._serve(flight, candidate)
         try:
             limit = flight.freshness.hard_timeout or REFRESH_TIME_LIMIT
-            await self._locked_fetch(flight, since, candidate, limit, background=True)
+            return await self._locked_fetch(flight, since, candidate, limit, background=True)
         except Exception as error:  # a layer or the coordinator, not the fetcher
             tally.refresh_errors += 1
             logger.warning("refreshing %r failed: %r", flight.key, error)
+            return None
         finally:
             single_flight.background -= 1
+            if granted is not None:
+                single_flight.unserve(flight.key, granted)
+
+    def _serve(self, flight: Flight, candidate: Candidate) -> Serving | None:
+        """While the refresh runs, let the hot path answer with the entry it answered
+        with, if that is the first memory layer's, for as long as this call's freshness
+        would have (it joins the refresh otherwise, through the slow path)."""
+        record, name = candidate
+        local = self._parts.local
+        if not local or name != local[0].name or record.fresh_until is None:
+            return None
+        now = self._parts.clock()
+        if record.is_fresh(now):
+            return self._single_flight.serve(flight.key, record.fresh_until, stale=False)
+        until = record.fresh_until + flight.freshness.stale_while_revalidate
+        if record.stale_until is not None:
+            until = min(until, record.stale_until)
+        return self._single_flight.serve(flight.key, until, stale=True)
 
     async def _locked_fetch(
         self,
@@ -244,8 +288,7 @@ class LoadPath:
 
     async def _answer_after(self, delay: float, flight: Flight, fallback: Candidate) -> None:
         await anyio.sleep(delay)
-        if not flight.reply.done:
-            self._answer(flight, fallback, Worth.FALLBACK)
+        self._answer(flight, fallback, Worth.FALLBACK, goes_on=True)
 
     async def _fetch_within(
         self, flight: Flight, token: str | None, fallback: Candidate | None, limit: float | None

@@ -26,7 +26,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from ._layer import LocalLayer
-from ._record import Record
+from ._record import Record, Serving
 from ._statistics import LayerStatistics
 from ._validation import check_duration, check_max_size, check_name, check_ttl
 
@@ -115,7 +115,9 @@ class MemoryLayer(LocalLayer):
 
     # -- synchronous handlers ----------------------------------------------------
 
-    def reader(self, missing: object) -> Callable[[str], object]:
+    def reader(
+        self, missing: object, serving: Mapping[str, Serving] | None = None
+    ) -> Callable[[str], object]:
         """The hot path for the stack that owns this layer: a closure over the store.
 
         ``read(key)`` returns the value of a fresh entry not due for a refresh ahead
@@ -124,16 +126,28 @@ class MemoryLayer(LocalLayer):
         :meth:`get_many_nowait` and does the accounting. The stack counts the hits. One
         Python frame instead of two is about a tenth of a hit's cost. Valid while the
         layer stays attached.
+
+        ``serving`` (the stack's single-flight ``serving``): keys whose early or stale
+        entry it may return too, while their refresh runs; it counts those in the
+        grant's ``hits``. Read here in the caller's task, written by the single-flight
+        actor's synchronous handlers, on one thread.
         """
         lookup = self._data.get
         touch = self._data.move_to_end
         clock = self.clock
+        leave = (serving if serving is not None else {}).get
 
         def read(key: str) -> object:
             entry = lookup(key)
             if entry is not None:
                 until = entry.refresh_at  # fresh, and not due for a refresh ahead
-                if until is None or until > clock():
+                if until is None or until > (now := clock()):
+                    touch(key)
+                    return entry.value
+                # Early or stale: only while its refresh runs and leaves it to us.
+                granted = leave(key)
+                if granted is not None and granted.until > now:
+                    granted.hits += 1
                     touch(key)
                     return entry.value
             return missing

@@ -130,3 +130,20 @@ class Entry:
         fresh_for = None if fresh_until is None else max(0.0, fresh_until - now)
         state: Literal["fresh", "stale"] = "fresh" if record.is_fresh(now) else "stale"
         return cls(record.value, layer, state, fresh_for, record.tags)
+
+
+class Serving:
+    """Leave for the hot path to hand out a key's early or stale entry in the first
+    memory layer while one refresh of it runs, until ``until`` (the stack's clock).
+
+    Made and withdrawn by the single-flight actor (``SingleFlight.serve``), read by the
+    memory layer's hot path (``MemoryLayer.reader``), which counts its ``hits``: both
+    synchronous, on the loop's thread, so neither sees the other half-done."""
+
+    __slots__ = ("hits", "stale", "until")
+
+    def __init__(self, until: float, stale: bool) -> None:
+        self.until = until
+        self.stale = stale
+        """The entry is stale (its hits are stale hits), not merely early."""
+        self.hits = 0

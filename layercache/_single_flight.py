@@ -30,6 +30,7 @@ path's one backfill rule compares it (see :mod:`._read`).
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
@@ -39,6 +40,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._backend import Event, event_type
 from ._exceptions import CacheClosedError
 from ._freshness import NO_FRESHNESS, Freshness
+from ._record import Serving
 from ._reply import ReplySlot
 
 Fetcher = Callable[[], Awaitable[object]]
@@ -63,8 +65,10 @@ class Flight:
     """One load in flight, and the reply slot its callers wait on."""
 
     __slots__ = (
+        "answered_until",
         "context",
         "fetcher",
+        "final",
         "freshness",
         "key",
         "reply",
@@ -97,10 +101,35 @@ class Flight:
         self.watched = tags
         """The tags whose invalidation makes it stale: its own, and those of the entry
         it refreshes (see :meth:`watch`)."""
+        self.final: ReplySlot[Outcome] | None = None
+        """Set by :meth:`answer_early`: the load's own result, for callers who join
+        after the early answer stopped being good enough."""
+        self.answered_until: float = math.inf
+        """Until when (stack clock) the early answer in ``reply`` may go to a caller
+        who joins now; after that joiners wait on ``final``."""
         # The first caller's context variables (request ids, tracing spans, sessions):
         # the fetcher sees them as if the caller had spawned the load itself.
         self.context = contextvars.copy_context()
         self.reply: ReplySlot[Outcome] = ReplySlot(done)
+
+    def answer_early(self, outcome: Outcome, until: float, new_event: Event) -> None:
+        """Answer the callers now with ``outcome`` (an early or stale entry), good for
+        joiners until ``until``, while the load goes on."""
+        if self.reply.done:
+            return
+        self.final = ReplySlot(new_event)
+        self.answered_until = until
+        self.reply.set(outcome)
+
+    def finish(self, outcome: Outcome | BaseException) -> None:
+        """The load's end: its result (or error) for whoever still waits."""
+        for slot in (self.reply, self.final):
+            if slot is None:
+                continue
+            if isinstance(outcome, BaseException):
+                slot.fail(outcome)
+            else:
+                slot.set(outcome)
 
     def watch(self, tags: frozenset[str]) -> None:
         """Be fenced by ``tags`` too (the tags of an entry found, before the fetch that
@@ -144,6 +173,11 @@ class SingleFlight:
         """Grows with every fence; a reader that saw it unchanged saw no invalidation."""
         self.background = 0
         """Loads that answered their callers and go on refreshing (see ``_load``)."""
+        self.serving: dict[str, Serving] = {}
+        """Keys whose early or stale entry in the first memory layer the hot path may
+        hand out while their refresh runs (see :meth:`serve`)."""
+        self.stale_served = 0
+        """Stale hits the hot path answered under grants since withdrawn."""
 
     def __repr__(self) -> str:
         return f"<SingleFlight loads={len(self._flights)} waiters={self.waiters}>"
@@ -269,12 +303,29 @@ class SingleFlight:
         if self._flights.get(slot) is flight:
             del self._flights[slot]
 
+    def serve(self, key: str, until: float, stale: bool) -> Serving:
+        """Let the hot path hand out ``key``'s entry in the first memory layer until
+        ``until`` while its refresh runs; withdraw it with :meth:`unserve`."""
+        self._withdraw(key)
+        granted = self.serving[key] = Serving(until, stale)
+        return granted
+
+    def unserve(self, key: str, granted: Serving) -> None:
+        if self.serving.get(key) is granted:
+            self._withdraw(key)
+
+    def _withdraw(self, key: str) -> None:
+        granted = self.serving.pop(key, None)
+        if granted is not None and granted.stale:
+            self.stale_served += granted.hits
+
     def fence_keys(self, keys: Iterable[str]) -> None:
         self.fence_count += 1
         flights = self._flights
         if not flights:
             return
         for key in keys:
+            self._withdraw(key)  # a fenced refresh leaves nothing to serve
             for fetching in (True, False):
                 flight = flights.get((key, fetching))
                 if flight is not None:
@@ -287,19 +338,29 @@ class SingleFlight:
         for flight in self._flights.values():
             if flight.fetcher is None or tag in flight.watched:
                 flight.stale = True
+                if flight.fetcher is not None:
+                    self._withdraw(flight.key)
 
     def fence_all(self) -> None:
         self.fence_count += 1
         for flight in self._flights.values():
             flight.stale = True
+        for key in list(self.serving):
+            self._withdraw(key)
 
     # -- waiting and loading -------------------------------------------------------
 
-    async def wait(self, flight: Flight) -> Outcome:
-        """Wait for ``flight``'s result. Cancelling the wait leaves the load running."""
+    def event(self) -> Event:
+        """A new event of the running loop's class."""
+        return self._new_event()
+
+    async def wait(self, flight: Flight, final: bool = False) -> Outcome:
+        """Wait for ``flight``'s answer (``final``: its load's own result, past an
+        early answer). Cancelling the wait leaves the load running."""
+        slot = flight.final if final and flight.final is not None else flight.reply
         flight.waiters += 1
         try:
-            return await flight.reply.wait()
+            return await slot.wait()
         finally:
             flight.waiters -= 1
 
@@ -331,16 +392,16 @@ class SingleFlight:
         try:
             outcome = await self._load(flight)
         except anyio.get_cancelled_exc_class():
-            flight.reply.fail(CacheClosedError("the CacheStack exited while this load was running"))
+            flight.finish(CacheClosedError("the CacheStack exited while this load was running"))
             raise
         except Exception as error:
             # The load's error belongs to its callers, never to the stack.
-            flight.reply.fail(error)
+            flight.finish(error)
         except BaseException:
-            flight.reply.fail(CacheClosedError("the load was interrupted"))
+            flight.finish(CacheClosedError("the load was interrupted"))
             raise
         else:
-            flight.reply.set(outcome)
+            flight.finish(outcome)
         finally:
             slot = (flight.key, flight.fetcher is not None)
             if self._flights.get(slot) is flight:

@@ -18,6 +18,7 @@ from ._statistics import CacheStatistics, CoordinatorStatistics, LayerStatistics
 
 if TYPE_CHECKING:
     from ._parts import Parts
+    from ._single_flight import SingleFlight
 
 
 class Tally:
@@ -68,7 +69,7 @@ def snapshot(parts: Parts, fast_hits: int, open_: bool) -> CacheStatistics:
         loads_in_flight=single_flight.loads_in_flight,
         waiters=single_flight.waiters,
         stale_loads=tally.stale_loads,
-        stale_hits=tally.stale_hits,
+        stale_hits=tally.stale_hits + _served_stale(single_flight),
         refreshes=tally.refreshes,
         refreshes_skipped=tally.refreshes_skipped,
         refresh_errors=tally.refresh_errors,
@@ -147,3 +148,9 @@ def _layers(parts: Parts, fast_hits: int) -> Iterable[LayerStatistics]:
                 configuration_errors=health.configuration_errors,
             )
         yield stats
+
+
+def _served_stale(single_flight: SingleFlight) -> int:
+    """The hot path's stale hits: under grants withdrawn, and under those still held."""
+    live = sum(granted.hits for granted in single_flight.serving.values() if granted.stale)
+    return single_flight.stale_served + live

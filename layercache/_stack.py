@@ -175,7 +175,7 @@ class CacheStack:
         local = self._parts.local
         if local:
             self._fast_thread = owner.thread
-            self._fast_read = local[0].reader(MISSING)
+            self._fast_read = local[0].reader(MISSING, self._parts.single_flight.serving)
         return self
 
     async def __aexit__(
@@ -287,6 +287,8 @@ class CacheStack:
         )
 
     def _check_ttl(self, ttl: object) -> float | Mapping[str, float] | None:
+        if ttl is None:
+            return None
         return check_layer_ttls(ttl, [layer.name for layer in self._parts.layers])
 
     async def get_entry(self, key: str) -> Entry | None:

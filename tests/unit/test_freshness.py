@@ -158,6 +158,35 @@ async def test_a_stale_entry_is_served_at_once_while_one_refresh_runs(clock: Fak
         assert (stats.stale_hits, stats.refreshes, stats.fetches) == (5, 1, 1)
 
 
+async def test_while_a_refresh_runs_the_hot_path_serves_the_stale_entry(
+    clock: FakeClock,
+) -> None:
+    async with CacheStack([MemoryLayer()], clock=clock, freshness=SWR) as cache:
+        await cache.set("k", "old", ttl=10)
+        clock.advance(15)
+        fetch = GatedFetcher("new")
+        assert await cache.get("k", fetch) == "old"
+        await fetch.started.wait()  # the refresh runs, and has left the entry to serve
+        assert cache._parts.single_flight.serving.keys() == {"k"}
+        assert [await cache.get("k", fetch) for _ in range(5)] == ["old"] * 5
+        assert cache.statistics().stale_hits == 6
+        clock.advance(30)  # past stale_while_revalidate: too old for this caller
+        got: list[object] = []
+
+        async def late_caller() -> None:
+            got.append(await cache.get("k", fetch))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(late_caller)
+            await anyio.wait_all_tasks_blocked()
+            assert got == []  # it waits for the refresh it joined, not its early answer
+            fetch.open()
+        assert got == ["new"]
+        assert not cache._parts.single_flight.serving  # withdrawn with the refresh
+        stats = cache.statistics()
+        assert (stats.stale_hits, stats.refreshes, fetch.calls) == (6, 1, 1)
+
+
 async def test_past_the_revalidate_window_a_call_waits_for_the_fetch(clock: FakeClock) -> None:
     async with CacheStack([MemoryLayer()], clock=clock, freshness=SWR) as cache:
         await cache.set("k", "old", ttl=10)
