@@ -145,13 +145,13 @@ def judge(record: Record, now: float, freshness: Freshness) -> Worth:
     return Worth.NONE
 
 
-def best(records: list[Record]) -> Record | None:
-    """The record that stays fresh longest (the first of equals): what a load falls
-    back on when several layers hold one."""
-    chosen: Record | None = None
-    for record in records:
-        if chosen is None or _later(record.fresh_until, chosen.fresh_until):
-            chosen = record
+def best(found: list[tuple[Record, str]]) -> tuple[Record, str] | None:
+    """Of records found (each with its layer's name), the one that stays fresh longest
+    (the first of equals): what a load falls back on when several layers hold one."""
+    chosen: tuple[Record, str] | None = None
+    for candidate in found:
+        if chosen is None or _later(candidate[0].fresh_until, chosen[0].fresh_until):
+            chosen = candidate
     return chosen
 
 

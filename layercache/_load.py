@@ -142,12 +142,11 @@ class LoadPath:
         found = await self._reads.read_through(flight.key, since, 0, fresh, candidates)
         if found is not None:
             return found
-        chosen = best([record for record, _ in candidates])
-        candidate = next((c for c in candidates if c[0] is chosen), None)
+        candidate = best(candidates)
         now = self._parts.clock()
-        worth = Worth.NONE if chosen is None else judge(chosen, now, freshness)
-        if chosen is not None:
-            flight.watch(chosen.tags)  # before the fetch: see the fences
+        worth = Worth.NONE if candidate is None else judge(candidate[0], now, freshness)
+        if candidate is not None:
+            flight.watch(candidate[0].tags)  # before the fetch: see the fences
         if candidate is not None and worth is not Worth.NONE:
             if self._parts.backoff.active(flight.key, now):
                 return self._answer(flight, candidate, worth)  # the origin rests

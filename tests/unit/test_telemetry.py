@@ -14,9 +14,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from layercache import CacheStack, MemoryLayer, OpenTelemetry
+from layercache import CacheStack, Freshness, MemoryLayer, OpenTelemetry
+from layercache.testing import FakeClock
 
-from ..helpers import _metrics
+from ..helpers import GatedFetcher, _metrics
 
 pytestmark = pytest.mark.anyio
 
@@ -50,6 +51,29 @@ async def test_metrics_follow_the_statistics(
     assert not any(name == "layercache.coordinator.locks" for name, _ in metrics)
     # Once the stack has exited there is nothing left to observe.
     assert not any(name == "layercache.fetches" for name, _ in _metrics(reader))
+
+
+async def test_the_freshness_counters_are_exported(
+    otel: tuple[OpenTelemetry, InMemoryMetricReader, InMemorySpanExporter],
+) -> None:
+    hook, reader, _ = otel
+    clock = FakeClock()
+    fetch = GatedFetcher("new")
+    freshness = Freshness(stale_while_revalidate=60)
+    async with CacheStack(
+        [MemoryLayer(name="l1")], telemetry=hook, clock=clock, freshness=freshness
+    ) as cache:
+        await cache.set("k", "old", ttl=10)
+        clock.advance(20)
+        assert await cache.get("k", fetch) == "old"
+        await fetch.started.wait()
+        metrics = _metrics(reader)
+        fetch.open()
+    stack = ("layercache.stack", "catalog")
+    assert metrics[("layercache.stale_hits", (stack,))] == 1
+    assert metrics[("layercache.refreshes", (stack,))] == 1
+    for name in ("refreshes_skipped", "refresh_errors", "stale_on_error", "fetch_timeouts"):
+        assert metrics[(f"layercache.{name}", (stack,))] == 0
 
 
 async def test_each_load_is_a_span_with_its_source_and_errors(
