@@ -178,6 +178,8 @@ class SingleFlight:
         hand out while their refresh runs (see :meth:`serve`)."""
         self.stale_served = 0
         """Stale hits the hot path answered under grants since withdrawn."""
+        self._tasks = 0
+        self._settled: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<SingleFlight loads={len(self._flights)} waiters={self.waiters}>"
@@ -302,6 +304,7 @@ class SingleFlight:
         slot = (flight.key, flight.fetcher is not None)
         if self._flights.get(slot) is flight:
             del self._flights[slot]
+            self._maybe_settled()
 
     def serve(self, key: str, until: float, stale: bool) -> Serving:
         """Let the hot path hand out ``key``'s entry in the first memory layer until
@@ -367,6 +370,7 @@ class SingleFlight:
     async def _run_reads(self) -> None:
         """One batch of reads. Batches run in tasks of their own, so a slow batch never
         holds up the next (a caller waits at most one layer timeout)."""
+        self._tasks += 1
         flights, self._read_batch = self._read_batch or [], None
         try:
             outcomes = await self._read_many(flights)
@@ -385,8 +389,26 @@ class SingleFlight:
             for flight in flights:
                 if self._flights.get((flight.key, False)) is flight:
                     del self._flights[(flight.key, False)]
+            self._task_ended()
+
+    async def settled(self) -> None:
+        """Return once no load or batch of reads runs (for tests: a refresh that
+        answered early has then stored its result, or given up)."""
+        while self._tasks or self._flights:
+            if self._settled is None or self._settled.is_set():
+                self._settled = anyio.Event()
+            await self._settled.wait()
+
+    def _task_ended(self) -> None:
+        self._tasks -= 1
+        self._maybe_settled()
+
+    def _maybe_settled(self) -> None:
+        if not self._tasks and not self._flights and self._settled is not None:
+            self._settled.set()
 
     async def _run_load(self, flight: Flight) -> None:
+        self._tasks += 1
         for variable, value in flight.context.items():
             variable.set(value)
         try:
@@ -406,3 +428,4 @@ class SingleFlight:
             slot = (flight.key, flight.fetcher is not None)
             if self._flights.get(slot) is flight:
                 del self._flights[slot]
+            self._task_ended()

@@ -15,13 +15,15 @@
   demos on machines without Redis; needs ``layercache[embedded]``.
 - :func:`invalidations_received` and :func:`bus_resubscribed`: wait, without sleeping,
   until a stack has applied so many messages from its peers on the bus, or has
-  re-subscribed so many times.
+  re-subscribed so many times; :func:`loads_settled`: until no load (background
+  refreshes included) runs.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from ._bus import bus_resubscribed as bus_resubscribed
 from ._bus import invalidations_received as invalidations_received
+from ._bus import loads_settled as loads_settled
 from ._clock import FakeClock as FakeClock
 from ._embedded import EmbeddedRedis as EmbeddedRedis
 from ._proxy import FaultProxy as FaultProxy
@@ -39,6 +41,7 @@ __all__ = (
     "ServerBinary",
     "bus_resubscribed",
     "invalidations_received",
+    "loads_settled",
 )
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Waiting for the invalidation bus in tests of several instances, without sleeping."""
+"""Waiting, without sleeping, for what a stack does in the background: the invalidation
+bus's messages, and loads (refreshes included)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,10 @@ async def bus_resubscribed(cache: CacheStack, count: int = 1) -> None:
     :raises RuntimeError: the stack has no bus or is not running.
     """
     await _listener(cache).resubscriptions.reached(count)
+
+
+async def loads_settled(cache: CacheStack) -> None:
+    """Return once ``cache`` runs no load: a refresh that answered its callers early
+    has stored its result (or given up), a fetch left to finish by ``soft_timeout`` has
+    ended. Bound it with ``anyio.fail_after``."""
+    await cache._parts.single_flight.settled()

@@ -60,4 +60,5 @@ def test_testing_all() -> None:
         "ServerBinary",
         "bus_resubscribed",
         "invalidations_received",
+        "loads_settled",
     )
