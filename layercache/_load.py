@@ -88,21 +88,12 @@ class LoadPath:
         single_flight = self._single_flight
         flight, new = single_flight.join(key, fetcher, ttl, tags, freshness)
         read_it = new and single_flight.launch(flight) and await self._reads.read_directly(flight)
-        late = flight.final is not None and flight.answered_until <= self._parts.clock()
         try:
-            if late:
-                # Its early answer has aged past what a caller may get: wait for the end.
-                value, source = await self._single_flight.wait(flight, final=True)
-            elif flight.reply.done:
-                if new and not read_it:
-                    # Answered with no I/O (a layer down or skipped): still let other
-                    # tasks run, or a caller retrying in a loop would starve them, the
-                    # transport's reconnect included (asyncio's set event does not yield).
-                    # (A load joined after it answered, early, is a hit: no yield.)
-                    await anyio.lowlevel.checkpoint()
-                value, source = flight.reply.result()
+            if not new and flight.final is not None:
+                value, source, stale = await self._join_answered(flight, freshness)
             else:
-                value, source = await self._single_flight.wait(flight)
+                value, source = await self._answer_of(flight, new and not read_it)
+                stale = flight.served_stale
         except Exception:
             tally.misses += 1  # no layer answered; the fetcher (or a layer) failed
             raise
@@ -110,8 +101,40 @@ class LoadPath:
             tally.misses += 1
         else:
             tally.layer_hits[source] += 1
-            tally.stale_hits += flight.served_stale and not late
+            tally.stale_hits += stale
         return default if value is MISSING else value
+
+    async def _answer_of(self, flight: Flight, yields: bool) -> Outcome:
+        if not flight.reply.done:
+            return await self._single_flight.wait(flight)
+        if yields:
+            # Answered with no I/O (a layer down or skipped): still let other tasks
+            # run, or a caller retrying in a loop would starve them, the transport's
+            # reconnect included (asyncio's set event does not yield). (A load joined
+            # after it answered is like a hit: no yield.)
+            await anyio.lowlevel.checkpoint()
+        return flight.reply.result()
+
+    async def _join_answered(
+        self, flight: Flight, freshness: Freshness
+    ) -> tuple[object, str | None, bool]:
+        """Join a load that answered early and goes on: its answer, if the entry it
+        answered with is good enough for this call's ``freshness``; else its own result
+        (with that entry as the fallback of a failure, where the windows allow)."""
+        found = flight.found
+        assert found is not None
+        worth = judge(found[0], self._parts.clock(), freshness)
+        if worth in (Worth.FRESH, Worth.EARLY, Worth.REVALIDATE):
+            value, source = flight.reply.result()
+            return value, source, worth is Worth.REVALIDATE
+        try:
+            value, source = await self._single_flight.wait(flight, final=True)
+        except Exception:
+            if worth is not Worth.FALLBACK:
+                raise
+            self._tally.stale_on_error += 1
+            return found[0].value, found[1], True
+        return value, source, False
 
     def _refresh_ahead(
         self, key: str, fetcher: Fetcher, ttl: TTL, tags: frozenset[str], freshness: Freshness
@@ -143,22 +166,24 @@ class LoadPath:
         if found is not None:
             return found
         candidate = best(candidates)
+        flight.watch(candidate[0].tags if candidate is not None else frozenset())
+        if flight.stale:
+            candidate = None  # a change passed while we read: what we found may be gone
+        flight.found = candidate
         now = self._parts.clock()
         worth = Worth.NONE if candidate is None else judge(candidate[0], now, freshness)
-        if candidate is not None:
-            flight.watch(candidate[0].tags)  # before the fetch: see the fences
         if candidate is not None and worth is not Worth.NONE:
             if self._parts.backoff.active(flight.key, now):
                 return self._answer(flight, candidate, worth)  # the origin rests
             if worth is not Worth.FALLBACK:
                 answered = self._answer(flight, candidate, worth, goes_on=True)
-                refreshed = await self._refresh(flight, since, candidate)
+                refreshed = await self._refresh(flight, since)
                 return answered if refreshed is None else refreshed
         fallback = candidate if worth is Worth.FALLBACK else None
         limit = freshness.hard_timeout
         if limit is None and fallback is not None and freshness.soft_timeout is not None:
             limit = REFRESH_TIME_LIMIT  # it may go on in the background: bounded there too
-        outcome = await self._locked_fetch(flight, since, fallback, limit)
+        outcome = await self._fetch_guarded(flight, since, fallback, limit)
         assert outcome is not None
         return outcome
 
@@ -176,68 +201,61 @@ class LoadPath:
         self, flight: Flight, candidate: Candidate, worth: Worth, *, goes_on: bool = False
     ) -> Outcome:
         """Answer the flight's callers with ``candidate`` now; ``goes_on``: the load
-        goes on, and callers who join it get this answer while the call's windows
-        allow it, the load's own result after."""
+        goes on, and callers who join it get this answer if it is good enough for them
+        (see :meth:`_join_answered`)."""
         record, name = candidate
         outcome: Outcome = (record.value, name)
         if flight.reply.done:
             return outcome
         flight.served_stale = worth is not Worth.EARLY
-        if not goes_on:
+        if goes_on:
+            flight.answer_early(outcome, self._single_flight.event())
+        else:
             flight.reply.set(outcome)
-            return outcome
-        freshness = flight.freshness
-        window = (
-            freshness.stale_if_error
-            if worth is Worth.FALLBACK
-            else freshness.stale_while_revalidate
-        )
-        until = math.inf if record.fresh_until is None else record.fresh_until + window
-        if record.stale_until is not None:
-            until = min(until, record.stale_until)
-        flight.answer_early(outcome, until, self._single_flight.event())
         return outcome
 
-    async def _refresh(self, flight: Flight, since: int, candidate: Candidate) -> Outcome | None:
+    async def _refresh(self, flight: Flight, since: int) -> Outcome | None:
         """The background part of a load that has answered: fetch and store, bounded in
-        number and time; a failure is counted and logged (the callers have their value).
-        Its result, for callers who joined late; None if there is none."""
+        number and time. Its result (for callers who joined late), or None: skipped, or
+        left to another process. A failure is counted and raised (for those callers)."""
         single_flight, tally = self._single_flight, self._tally
         if single_flight.background >= MAX_REFRESHES:
             tally.refreshes_skipped += 1
             return None
+        if flight.stale:
+            return None  # fenced already: what it fetched would not be stored
         tally.refreshes += 1
         single_flight.background += 1
-        granted = self._serve(flight, candidate)
+        granted = self._serve(flight)
         try:
             limit = flight.freshness.hard_timeout or REFRESH_TIME_LIMIT
-            return await self._locked_fetch(flight, since, candidate, limit, background=True)
-        except Exception as error:  # a layer or the coordinator, not the fetcher
+            return await self._fetch_guarded(flight, since, None, limit, background=True)
+        except Exception:
             tally.refresh_errors += 1
-            logger.warning("refreshing %r failed: %r", flight.key, error)
-            return None
+            raise
         finally:
             single_flight.background -= 1
             if granted is not None:
                 single_flight.unserve(flight.key, granted)
 
-    def _serve(self, flight: Flight, candidate: Candidate) -> Serving | None:
-        """While the refresh runs, let the hot path answer with the entry it answered
-        with, if that is the first memory layer's, for as long as this call's freshness
-        would have (it joins the refresh otherwise, through the slow path)."""
-        record, name = candidate
-        local = self._parts.local
-        if not local or name != local[0].name or record.fresh_until is None:
+    def _serve(self, flight: Flight) -> Serving | None:
+        """While the refresh runs, let the hot path answer with the entry the load
+        answered with, if that is the first memory layer's, for as long as the load's
+        freshness allows (other calls take the slow path and judge for themselves)."""
+        found, local = flight.found, self._parts.local
+        if found is None or not local or found[1] != local[0].name:
             return None
-        now = self._parts.clock()
-        if record.is_fresh(now):
+        record = found[0]
+        if record.fresh_until is None:
+            return None
+        if record.is_fresh(self._parts.clock()):
             return self._single_flight.serve(flight.key, record.fresh_until, stale=False)
         until = record.fresh_until + flight.freshness.stale_while_revalidate
         if record.stale_until is not None:
             until = min(until, record.stale_until)
         return self._single_flight.serve(flight.key, until, stale=True)
 
-    async def _locked_fetch(
+    async def _fetch_guarded(
         self,
         flight: Flight,
         since: int,
@@ -246,41 +264,17 @@ class LoadPath:
         *,
         background: bool = False,
     ) -> Outcome | None:
-        """Fetch, under the distributed coordinator's lock where there is one: waiting
-        for the process that holds it, or (``background``) leaving the refresh to it
-        (None)."""
-        distributed = self._parts.distributed
-        if distributed is None:
-            return await self._fetch(flight, None, fallback, limit)
-        remote = len(self._parts.local)
-
-        async def read() -> Outcome | None:
-            # Fresh and not due: an entry due for the refresh this is still needs it.
-            return await self._reads.read_through(flight.key, since, remote, self._fresh(flight))
-
-        async def fetch(token: str | None) -> Outcome:
-            return await self._fetch(flight, token, fallback, limit)
-
-        guard = self._parts.guards[distributed]
-        if background:
-            return await distributed.refresh_once(flight.key, flight.tags, guard, read, fetch)
-        return await distributed.load_once(flight.key, flight.tags, guard, read, fetch)
-
-    async def _fetch(
-        self, flight: Flight, token: str | None, fallback: Candidate | None, limit: float | None
-    ) -> Outcome:
-        """Run the fetcher (within ``limit`` seconds) and store its result (with a lock
-        ``token``: only while the lock holds). With a ``fallback``, a failure answers
-        with it instead, and so does ``soft_timeout`` while the fetch goes on."""
-        if flight.fetcher is None:
-            raise RuntimeError("a reading flight does not fetch")
+        """:meth:`_fetch_bounded`, and with a ``fallback`` and ``soft_timeout``, a timer
+        that answers with it if the fetch has not returned by then."""
         soft = flight.freshness.soft_timeout
         if fallback is None or soft is None or flight.reply.done:
-            return await self._fetch_within(flight, token, fallback, limit)
+            return await self._fetch_bounded(flight, since, fallback, limit, background, None)
         async with anyio.create_task_group() as timer:
             timer.start_soon(self._answer_after, soft, flight, fallback)
             try:
-                outcome = await self._fetch_within(flight, token, fallback, limit)
+                outcome = await self._fetch_bounded(
+                    flight, since, fallback, limit, background, timer.cancel_scope.cancel
+                )
             finally:
                 timer.cancel_scope.cancel()
         return outcome
@@ -289,58 +283,100 @@ class LoadPath:
         await anyio.sleep(delay)
         self._answer(flight, fallback, Worth.FALLBACK, goes_on=True)
 
-    async def _fetch_within(
-        self, flight: Flight, token: str | None, fallback: Candidate | None, limit: float | None
-    ) -> Outcome:
-        assert flight.fetcher is not None
-        tally = self._tally
-        tally.fetches += 1
-        value: object = MISSING
+    async def _fetch_bounded(
+        self,
+        flight: Flight,
+        since: int,
+        fallback: Candidate | None,
+        limit: float | None,
+        background: bool,
+        fetched: Callable[[], None] | None,
+    ) -> Outcome | None:
+        """Fetch and store within ``limit`` seconds, waiting for the coordinator's lock
+        included; a failure or the limit goes to :meth:`_failed`."""
+        outcome: Outcome | None = None
         failure: Exception | None = None
         with anyio.move_on_after(math.inf if limit is None else limit) as deadline:
             try:
-                value = await _call_fetcher(flight.fetcher)
+                outcome = await self._locked_fetch(flight, since, background, fetched)
             except Exception as error:
                 failure = error
-        if failure is not None:
-            tally.fetch_errors += 1
-            return self._failed(flight, fallback, failure)
         if deadline.cancelled_caught:
-            tally.fetch_timeouts += 1
-            timeout = FetchTimeoutError(
+            self._tally.fetch_timeouts += 1
+            failure = FetchTimeoutError(
                 f"the fetch of {flight.key!r} took longer than {limit} s and was cancelled"
             )
-            return self._failed(flight, fallback, timeout)
+        if failure is not None:
+            return self._failed(flight, fallback, failure)
+        return outcome
+
+    async def _locked_fetch(
+        self, flight: Flight, since: int, background: bool, fetched: Callable[[], None] | None
+    ) -> Outcome | None:
+        """Fetch, under the distributed coordinator's lock where there is one: waiting
+        for the process that holds it, or (``background``) leaving the refresh to it
+        (None)."""
+        distributed = self._parts.distributed
+        if distributed is None:
+            return await self._fetch(flight, None, fetched)
+        remote = len(self._parts.local)
+
+        async def read() -> Outcome | None:
+            # Fresh and not due: an entry due for the refresh this is still needs it.
+            return await self._reads.read_through(flight.key, since, remote, self._fresh(flight))
+
+        async def fetch(token: str | None) -> Outcome:
+            return await self._fetch(flight, token, fetched)
+
+        guard = self._parts.guards[distributed]
+        if background:
+            return await distributed.refresh_once(flight.key, flight.tags, guard, read, fetch)
+        return await distributed.load_once(flight.key, flight.tags, guard, read, fetch)
+
+    async def _fetch(
+        self, flight: Flight, token: str | None, fetched: Callable[[], None] | None
+    ) -> Outcome:
+        """Run the fetcher and store its result (with a lock ``token``: only while the
+        lock holds); ``fetched`` is told when the fetcher has returned."""
+        if flight.fetcher is None:
+            raise RuntimeError("a reading flight does not fetch")
+        tally = self._tally
+        tally.fetches += 1
+        try:
+            value = await _call_fetcher(flight.fetcher)
+        except Exception:
+            tally.fetch_errors += 1
+            raise
+        if fetched is not None:
+            fetched()  # no soft_timeout answer now: the value is here
         self._parts.backoff.succeeded(flight.key)
         writes, stored = self._writes.encode_fetched(
             flight.key, value, flight.ttl, flight.tags, flight.freshness
         )
         # It replaces an entry found stale or early, which other instances may hold
         # too: tell them to drop theirs (they find this one in Redis).
-        replaces = fallback is not None or flight.reply.done
-        if not await self._writes.store(flight, writes, token, announce=replaces):
-            self._tally.stale_loads += 1
+        if not await self._writes.store(flight, writes, token, announce=flight.found is not None):
+            tally.stale_loads += 1
         return stored, None
 
     def _failed(self, flight: Flight, fallback: Candidate | None, error: Exception) -> Outcome:
-        """A fetch failed: the key backs off; the fallback answers if there is one (the
-        error logged once per key per backoff), else the error is raised. A refresh's
-        callers have their answer already: it counts as a refresh error."""
+        """A fetch (or its store, or the wait for its lock) failed: the key backs off,
+        the error is logged once per key per backoff where callers are kept from it,
+        and the fallback answers if there is one and nobody was answered yet; else the
+        error is raised (to the callers, or to those who joined an early answer)."""
         key, freshness = flight.key, flight.freshness
         first = self._parts.backoff.failed(key, self._parts.clock(), freshness.error_backoff)
-        if fallback is None:
-            raise error
-        if first:
+        kept = fallback is not None or flight.reply.done
+        if first and kept:
             logger.warning(
-                "fetching %r failed (%r): serving the entry it has, and not fetching it "
-                "again for %s s",
+                "fetching %r failed (%r): callers get the entry it has, and it is not "
+                "fetched again for %s s",
                 key,
                 error,
                 freshness.error_backoff,
             )
-        if flight.reply.done:
-            self._tally.refresh_errors += 1
-            return fallback[0].value, fallback[1]
+        if fallback is None or flight.reply.done:
+            raise error
         self._tally.stale_on_error += 1
         return self._answer(flight, fallback, Worth.FALLBACK)
 

@@ -30,7 +30,6 @@ path's one backfill rule compares it (see :mod:`._read`).
 from __future__ import annotations
 
 import contextvars
-import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
@@ -40,7 +39,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._backend import Event, event_type
 from ._exceptions import CacheClosedError
 from ._freshness import NO_FRESHNESS, Freshness
-from ._record import Serving
+from ._record import Record, Serving
 from ._reply import ReplySlot
 
 Fetcher = Callable[[], Awaitable[object]]
@@ -65,10 +64,10 @@ class Flight:
     """One load in flight, and the reply slot its callers wait on."""
 
     __slots__ = (
-        "answered_until",
         "context",
         "fetcher",
         "final",
+        "found",
         "freshness",
         "key",
         "reply",
@@ -78,6 +77,7 @@ class Flight:
         "ttl",
         "waiters",
         "watched",
+        "watching",
     )
 
     def __init__(
@@ -101,24 +101,26 @@ class Flight:
         self.watched = tags
         """The tags whose invalidation makes it stale: its own, and those of the entry
         it refreshes (see :meth:`watch`)."""
+        self.watching = False
+        """Set once the load knows the tags of what it found (:meth:`watch`): until
+        then any tag invalidation fences it."""
         self.final: ReplySlot[Outcome] | None = None
         """Set by :meth:`answer_early`: the load's own result, for callers who join
-        after the early answer stopped being good enough."""
-        self.answered_until: float = math.inf
-        """Until when (stack clock) the early answer in ``reply`` may go to a caller
-        who joins now; after that joiners wait on ``final``."""
+        after the early answer and for whom that entry is not good enough."""
+        self.found: tuple[Record, str] | None = None
+        """The entry the load found but did not take as fresh (a ``Record`` and its
+        layer's name), which it may answer with: what a joiner judges."""
         # The first caller's context variables (request ids, tracing spans, sessions):
         # the fetcher sees them as if the caller had spawned the load itself.
         self.context = contextvars.copy_context()
         self.reply: ReplySlot[Outcome] = ReplySlot(done)
 
-    def answer_early(self, outcome: Outcome, until: float, new_event: Event) -> None:
-        """Answer the callers now with ``outcome`` (an early or stale entry), good for
-        joiners until ``until``, while the load goes on."""
+    def answer_early(self, outcome: Outcome, new_event: Event) -> None:
+        """Answer the callers now with ``outcome`` (the entry ``found``), while the load
+        goes on: joiners for whom that entry will not do wait on ``final``."""
         if self.reply.done:
             return
         self.final = ReplySlot(new_event)
-        self.answered_until = until
         self.reply.set(outcome)
 
     def finish(self, outcome: Outcome | BaseException) -> None:
@@ -133,7 +135,9 @@ class Flight:
 
     def watch(self, tags: frozenset[str]) -> None:
         """Be fenced by ``tags`` too (the tags of an entry found, before the fetch that
-        replaces it starts): data fetched after their invalidation began may be old."""
+        replaces it starts): data fetched after their invalidation began may be old.
+        From now on only the watched tags fence it."""
+        self.watching = True
         if not tags <= self.watched:
             self.watched = self.watched | tags
 
@@ -325,7 +329,7 @@ class SingleFlight:
     def fence_keys(self, keys: Iterable[str]) -> None:
         self.fence_count += 1
         flights = self._flights
-        if not flights:
+        if not flights and not self.serving:
             return
         for key in keys:
             self._withdraw(key)  # a fenced refresh leaves nothing to serve
@@ -338,8 +342,9 @@ class SingleFlight:
         # A reading load learns its entry's tags only once it finds it, so every
         # reading load is fenced: the cost is one skipped backfill.
         self.fence_count += 1
+        # So is a fetching load still looking at the layers (see Flight.watching).
         for flight in self._flights.values():
-            if flight.fetcher is None or tag in flight.watched:
+            if flight.fetcher is None or not flight.watching or tag in flight.watched:
                 flight.stale = True
                 if flight.fetcher is not None:
                     self._withdraw(flight.key)

@@ -144,6 +144,7 @@ class CacheStack:
         self._state = _NEW
         self._owner: Owner | None = None
         self._fast_read: Callable[[str], object] | None = None
+        self._fresh_read: Callable[[str], object] | None = None
         self._fast_thread = 0
         self._fast_hits = 0
 
@@ -176,6 +177,7 @@ class CacheStack:
         if local:
             self._fast_thread = owner.thread
             self._fast_read = local[0].reader(MISSING, self._parts.single_flight.serving)
+            self._fresh_read = local[0].reader(MISSING)
         return self
 
     async def __aexit__(
@@ -192,7 +194,7 @@ class CacheStack:
         if self._owner is not None:
             self._owner.check("CacheStack.__aexit__()")
         self._state = _CLOSED
-        self._fast_read = None
+        self._fast_read = self._fresh_read = None
         return await self._lifecycle.stop(exc)
 
     def _check_open(self, method: str) -> None:
@@ -248,7 +250,9 @@ class CacheStack:
         Whatever the fetcher raises reaches every caller waiting on that load and is
         not cached (with a stale entry within ``stale_if_error``, they get that).
         """
-        read = self._fast_read
+        # With a fetcher and the stack's freshness, the hot path may also hand out an
+        # entry whose refresh runs (see MemoryLayer.reader); otherwise fresh ones only.
+        read = self._fast_read if fetcher is not None and freshness is None else self._fresh_read
         if (
             read is not None
             and get_ident() == self._fast_thread

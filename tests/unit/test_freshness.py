@@ -188,6 +188,55 @@ async def test_while_a_refresh_runs_the_hot_path_serves_the_stale_entry(
         assert (stats.stale_hits, stats.refreshes, fetch.calls) == (6, 1, 1)
 
 
+async def test_a_refresh_serves_only_calls_whose_windows_allow_it(clock: FakeClock) -> None:
+    async with CacheStack([MemoryLayer()], clock=clock, freshness=SWR) as cache:
+        await cache.set("k", "old", ttl=10)
+        clock.advance(15)
+        fetch = GatedFetcher("new")
+        assert await cache.get("k", fetch) == "old"
+        await fetch.started.wait()  # the refresh runs, with its grant
+        assert await cache.get("k", default="none") == "none"  # no fetcher: fresh only
+        got: list[object] = []
+
+        async def strict() -> None:  # no stale window: it waits for the refresh
+            got.append(await cache.get("k", Counting(), freshness=Freshness()))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(strict)
+            await anyio.wait_all_tasks_blocked()
+            assert got == []
+            fetch.open()
+        assert got == ["new"]
+
+
+async def test_a_failed_refresh_fails_the_callers_it_cannot_answer_stale(
+    clock: FakeClock,
+) -> None:
+    async with CacheStack([MemoryLayer()], clock=clock, freshness=SWR) as cache:
+        await cache.set("k", "old", ttl=10)
+        clock.advance(15)
+        fetch = GatedFetcher(error=ConnectionError("down"))
+        assert await cache.get("k", fetch) == "old"
+        await fetch.started.wait()
+        outcomes: dict[str, object] = {}
+
+        async def join(name: str, freshness: Freshness) -> None:
+            try:
+                outcomes[name] = await cache.get("k", Counting(), freshness=freshness)
+            except ConnectionError as error:
+                outcomes[name] = error
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(join, "strict", Freshness())
+            tasks.start_soon(join, "fail-safe", Freshness(stale_if_error=60))
+            await anyio.wait_all_tasks_blocked()
+            fetch.open()
+        assert isinstance(outcomes["strict"], ConnectionError)
+        assert outcomes["fail-safe"] == "old"
+        stats = cache.statistics()
+        assert (stats.refresh_errors, stats.stale_on_error) == (1, 1)
+
+
 async def test_past_the_revalidate_window_a_call_waits_for_the_fetch(clock: FakeClock) -> None:
     async with CacheStack([MemoryLayer()], clock=clock, freshness=SWR) as cache:
         await cache.set("k", "old", ttl=10)

@@ -83,12 +83,22 @@ def test_a_tag_fence_reaches_every_read_and_the_fetches_with_that_tag() -> None:
     tagged, _ = flights.join("a", _fetch, None, frozenset({"t"}))
     untagged, _ = flights.join("b", _fetch, None, frozenset({"u"}))
     reading, _ = flights.join("c", None, None, frozenset())
+    looking, _ = flights.join("d", _fetch, None, frozenset({"u"}))
+    for flight in (tagged, untagged):
+        flight.watch(frozenset())  # they have looked at the layers: no other tags
     flights.fence_tag("t")
-    # A read learns its entry's tags only once it finds it: every read is fenced.
-    assert (tagged.stale, untagged.stale, reading.stale) == (True, False, True)
+    # A read learns its entry's tags only once it finds it: every read is fenced, and
+    # so is a fetch still looking at the layers.
+    assert (tagged.stale, untagged.stale, reading.stale, looking.stale) == (
+        True, False, True, True,
+    )  # fmt: skip
+    refreshing, _ = flights.join("e", _fetch, None, frozenset())
+    refreshing.watch(frozenset({"v"}))  # the tags of the entry it refreshes
+    flights.fence_tag("v")
+    assert refreshing.stale
     flights.fence_all()
     assert untagged.stale
-    assert flights.fence_count == 2
+    assert flights.fence_count == 3
 
 
 def test_complete_answers_and_forgets() -> None:
