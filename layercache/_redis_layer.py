@@ -54,6 +54,8 @@ from ._redis._errors import RedisConnectionError, RedisError, reply_error
 from ._redis._lanes import Lanes
 from ._redis._scripts import (
     DELETE,
+    EXPIRE,
+    EXPIRE_TAG,
     INVALIDATE_TAG,
     SCRIPTS,
     WRITE,
@@ -607,7 +609,7 @@ class RedisLayer(Layer):
 
         Delete undecodable values; a failure is logged, not raised (it is clean-up)."""
         try:
-            await self._call(self._delete_commands(keys), (DELETE,))
+            await self._call(self._key_commands(DELETE, keys), (DELETE,))
         except LayerUnavailableError as error:
             logger.debug("could not delete undecodable values %r: %s", keys, error)
 
@@ -668,15 +670,23 @@ class RedisLayer(Layer):
         ]
         return WRITE.evalsha(keys, arguments)
 
-    def _delete_commands(self, keys: Sequence[str]) -> list[Command]:
+    def _key_commands(self, script: Script, keys: Sequence[str]) -> list[Command]:
+        """``script`` (DELETE's arguments) for ``keys``, a call per chunk of them."""
         commands: list[Command] = []
         for start in range(0, len(keys), DELETE_CHUNK):
             chunk = keys[start : start + DELETE_CHUNK]
             names: list[str] = []
             for key in chunk:
                 names += (self.keys.values + key, self.keys.key_tags + key)
-            commands.append(DELETE.evalsha(names, [self.keys.tag_sets, self.keys.locks, *chunk]))
+            commands.append(script.evalsha(names, [self.keys.tag_sets, self.keys.locks, *chunk]))
         return commands
+
+    def _tag_command(self, script: Script, tag: str) -> Command:
+        """``script`` (INVALIDATE_TAG's arguments) for ``tag``."""
+        keys = self.keys
+        return script.evalsha(
+            [keys.tag_sets + tag], [keys.tag_sets, keys.values, keys.key_tags, keys.locks, tag]
+        )
 
     async def delete_many(
         self, keys: Iterable[str], *, announce: Announcement | None = None
@@ -685,19 +695,48 @@ class RedisLayer(Layer):
         unique = list(dict.fromkeys(keys))
         if not unique:
             return
-        replies = await self._call(self._delete_commands(unique), (DELETE,), announce)
+        replies = await self._call(self._key_commands(DELETE, unique), (DELETE,), announce)
         self._deletes += sum(reply for reply in replies if isinstance(reply, int))
 
     async def invalidate_tag(self, tag: str, *, announce: Announcement | None = None) -> set[str]:
         """Drop every entry carrying ``tag``; ``announce`` (the stack's) follows."""
-        command = INVALIDATE_TAG.evalsha(
-            [self.keys.tag_sets + tag],
-            [self.keys.tag_sets, self.keys.values, self.keys.key_tags, self.keys.locks, tag],
-        )
+        command = self._tag_command(INVALIDATE_TAG, tag)
         (reply,) = await self._call([command], (INVALIDATE_TAG,), announce)
         removed = {key.decode() for key in reply} if isinstance(reply, list) else set()
         self._deletes += len(removed)
         return removed
+
+    async def expire_many(
+        self, keys: Iterable[str], *, announce: Announcement | None = None
+    ) -> set[str]:
+        """Mark ``keys`` stale now, each keeping its stale window: its TTL becomes that
+        window, its refresh-ahead window goes (one script per chunk of keys, reading
+        only the envelope's header). An entry without a stale window is deleted. Their
+        locks go too: a load in flight for them stores nothing. ``announce`` (the
+        stack's) follows in the same batch. Returns the keys found, kept or deleted."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return set()
+        replies = await self._call(self._key_commands(EXPIRE, unique), (EXPIRE,), announce)
+        return self._expired(replies)
+
+    async def expire_tag(self, tag: str, *, announce: Announcement | None = None) -> set[str]:
+        """:meth:`expire_many` for every entry carrying ``tag`` (and the locks of the
+        loads carrying it); ``announce`` (the stack's) follows."""
+        replies = await self._call([self._tag_command(EXPIRE_TAG, tag)], (EXPIRE_TAG,), announce)
+        return self._expired(replies)
+
+    def _expired(self, replies: list[object]) -> set[str]:
+        """The keys in the expire scripts' replies, ``[kept, deleted]`` each; counts the
+        deletes."""
+        found: set[str] = set()
+        for reply in replies:
+            if isinstance(reply, list) and len(reply) == 2:
+                kept, deleted = reply
+                found.update(key.decode() for key in kept)
+                found.update(key.decode() for key in deleted)
+                self._deletes += len(deleted)
+        return found
 
     async def clear(self) -> None:
         """Remove every name under this layer's prefix (SCAN + UNLINK, never FLUSHDB)."""
