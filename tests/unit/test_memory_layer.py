@@ -166,7 +166,7 @@ def test_expire_keeps_the_stale_window_and_deletes_what_has_none(clock: FakeCloc
     assert entry.value == "WINDOWED"
     assert (entry.refresh_at, entry.fresh_until, entry.stale_until) == (now, now, now + 30)
     assert not entry.is_fresh(now)
-    assert layer.get_nowait("windowed") == "WINDOWED"  # still served where stale is asked
+    assert layer.get_nowait("windowed") == "WINDOWED"  # still held: a read finds it, stale
     assert layer.tag_count == 1  # the stale entry still carries its tag
     stats = layer.statistics()
     assert (stats.deletes, stats.size) == (2, 1)
