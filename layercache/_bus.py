@@ -11,6 +11,14 @@ Wire format (bounded to :data:`MAX_MESSAGE` bytes)::
 
 With a ``secret``, unsigned or forged messages are dropped and counted; signatures are
 compared in constant time. A message edited in transit no longer matches its signature.
+
+The body is ``{"o": origin, "op": operation, "k": keys, "t": tag}``. The operations
+are ``keys``, ``tag`` and ``clear`` (drops), and ``expire-keys`` and ``expire-tag``
+(mark stale, keeping the stale windows), which travel as their drop (``"op": "keys"``
+or ``"tag"``) plus ``"m": "expire"``: an instance of the release before them, which
+rejects an operation it does not know and ignores fields it does not read, drops those
+keys (or that tag) instead, the safe way to fall behind. Likewise a mode this release
+does not know is read as its drop.
 """
 
 from __future__ import annotations
@@ -38,7 +46,11 @@ _KIND = len(MAGIC)
 _BODY = _KIND + 1
 _SIGNATURE = 32
 _SIGNED_HEADER, _UNSIGNED_HEADER = MAGIC + b"S", MAGIC + b"U"
-OPERATIONS = ("keys", "tag", "clear")
+OPERATIONS = ("keys", "tag", "clear", "expire-keys", "expire-tag")
+_AS_DROP = {"expire-keys": ("keys", "expire"), "expire-tag": ("tag", "expire")}
+"""How an operation that a previous release does not know travels: its drop, a mode."""
+_WIRE_OPERATIONS = ("keys", "tag", "clear")
+_TAGGED = ("tag", "expire-tag")
 
 
 class Rejected(Exception):
@@ -59,9 +71,11 @@ class BusMessage:
 
 def encode(message: BusMessage, secret: bytes | None) -> bytes:
     # Checked fields only (str, a list of checked keys, a tag or None): no walk needed.
-    body = _JSON.dumps_checked(
-        {"o": message.origin, "op": message.op, "k": list(message.keys), "t": message.tag}
-    )
+    op, mode = _AS_DROP.get(message.op, (message.op, None))
+    fields = {"o": message.origin, "op": op, "k": list(message.keys), "t": message.tag}
+    if mode is not None:
+        fields["m"] = mode
+    body = _JSON.dumps_checked(fields)
     if secret is None:
         data = _UNSIGNED_HEADER + body
     else:
@@ -82,11 +96,11 @@ _ALWAYS_FIT = _BUDGET // (MAX_KEY_LENGTH * 6 + 8)
 """How many keys fit in one message however long (checked) and escaped they are."""
 
 
-def split_keys(origin: str, keys: Sequence[str]) -> list[BusMessage]:
-    """Invalidation messages for ``keys`` (checked: at most :data:`MAX_KEY_LENGTH` long),
-    each within :data:`MAX_MESSAGE` once encoded."""
+def split_keys(origin: str, keys: Sequence[str], op: str = "keys") -> list[BusMessage]:
+    """Messages of operation ``op`` for ``keys`` (checked: at most
+    :data:`MAX_KEY_LENGTH` long), each within :data:`MAX_MESSAGE` once encoded."""
     if 0 < len(keys) <= _ALWAYS_FIT:
-        return [BusMessage(origin, "keys", tuple(keys))]
+        return [BusMessage(origin, op, tuple(keys))]
     budget = _BUDGET
     messages: list[BusMessage] = []
     chunk: list[str] = []
@@ -96,12 +110,12 @@ def split_keys(origin: str, keys: Sequence[str]) -> list[BusMessage]:
         # escaped); anything else at most 6 (a control character's escape; UTF-8 is less).
         cost = len(key) * 2 + 8 if key.isascii() and key.isprintable() else len(key) * 6 + 8
         if chunk and size + cost > budget:
-            messages.append(BusMessage(origin, "keys", tuple(chunk)))
+            messages.append(BusMessage(origin, op, tuple(chunk)))
             chunk, size = [], 0
         chunk.append(key)
         size += cost
     if chunk:
-        messages.append(BusMessage(origin, "keys", tuple(chunk)))
+        messages.append(BusMessage(origin, op, tuple(chunk)))
     return messages
 
 
@@ -136,10 +150,12 @@ def decode(data: object, secret: bytes | None, own: bytes = b"") -> BusMessage |
         if type(fields) is not dict:
             raise Rejected("malformed")
         origin, op, keys, tag = fields["o"], fields["op"], fields["k"], fields["t"]
-        if type(origin) is not str or op not in OPERATIONS or type(keys) is not list:
+        if type(origin) is not str or op not in _WIRE_OPERATIONS or type(keys) is not list:
             raise Rejected("malformed")
+        if fields.get("m") == "expire" and op != "clear":
+            op = "expire-" + op
         checked = tuple(map(check_key, keys))
-        if op == "tag":
+        if op in _TAGGED:
             tag = check_tag(tag)
         elif tag is not None:
             raise Rejected("malformed")

@@ -51,20 +51,21 @@ class Invalidation(ABC):
 
     @abstractmethod
     def apply_local(self, layer: LocalLayer) -> Iterable[str]:
-        """Apply to a local layer; the keys removed, where they are counted."""
+        """Apply to a local layer; the keys removed (or expired), where they are
+        counted."""
 
     @abstractmethod
     async def apply_remote(self, layer: Layer, announce: Announcement | None) -> Iterable[str]:
         """Apply to a layer that needs I/O, ``announce`` going with it (the carrier's
-        only); the keys removed, where they are counted."""
+        only); the keys removed (or expired), where they are counted."""
 
     @abstractmethod
     def messages(self, origin: str) -> list[BusMessage]:
         """The bus messages that announce it to the other stacks."""
 
 
-class DropKeys(Invalidation):
-    """``delete``/``delete_many``, and what a ``set`` elsewhere means here."""
+class _OfKeys(Invalidation):
+    """An invalidation of some keys: it fences the loads in flight for them."""
 
     __slots__ = ("keys",)
 
@@ -73,6 +74,25 @@ class DropKeys(Invalidation):
 
     def fence(self, single_flight: SingleFlight) -> None:
         single_flight.fence_keys(self.keys)
+
+
+class _OfTag(Invalidation):
+    """An invalidation of the entries carrying a tag: it fences the loads that could
+    hold one (see :meth:`SingleFlight.fence_tag`)."""
+
+    __slots__ = ("tag",)
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def fence(self, single_flight: SingleFlight) -> None:
+        single_flight.fence_tag(self.tag)
+
+
+class DropKeys(_OfKeys):
+    """``delete``/``delete_many``, and what a ``set`` elsewhere means here."""
+
+    __slots__ = ()
 
     def apply_local(self, layer: LocalLayer) -> Iterable[str]:
         layer.delete_many_nowait(self.keys)
@@ -89,16 +109,10 @@ class DropKeys(Invalidation):
         return split_keys(origin, self.keys)
 
 
-class DropTag(Invalidation):
+class DropTag(_OfTag):
     """``invalidate_by_tag``: every entry carrying the tag."""
 
-    __slots__ = ("tag",)
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-
-    def fence(self, single_flight: SingleFlight) -> None:
-        single_flight.fence_tag(self.tag)
+    __slots__ = ()
 
     def apply_local(self, layer: LocalLayer) -> Iterable[str]:
         return layer.invalidate_tag_nowait(self.tag)
@@ -133,12 +147,53 @@ class DropAll(Invalidation):
         return [BusMessage(origin, "clear")]
 
 
+class ExpireKeys(_OfKeys):
+    """``expire``/``expire_many``: the entries stay, stale from now, for their stale
+    window (without one, this is :class:`DropKeys`). A fence like a drop's: a load in
+    flight for the keys read what the caller has just declared out of date."""
+
+    __slots__ = ()
+
+    def apply_local(self, layer: LocalLayer) -> Iterable[str]:
+        return layer.expire_many_nowait(self.keys)
+
+    async def apply_remote(self, layer: Layer, announce: Announcement | None) -> Iterable[str]:
+        if announce is not None and isinstance(layer, RedisLayer):
+            return await layer.expire_many(self.keys, announce=announce)
+        return await layer.expire_many(self.keys)
+
+    def messages(self, origin: str) -> list[BusMessage]:
+        return split_keys(origin, self.keys, "expire-keys")
+
+
+class ExpireTag(_OfTag):
+    """``expire_by_tag``: :class:`ExpireKeys` for every entry carrying the tag."""
+
+    __slots__ = ()
+
+    def apply_local(self, layer: LocalLayer) -> Iterable[str]:
+        return layer.expire_tag_nowait(self.tag)
+
+    async def apply_remote(self, layer: Layer, announce: Announcement | None) -> Iterable[str]:
+        if announce is not None and isinstance(layer, RedisLayer):
+            return await layer.expire_tag(self.tag, announce=announce)
+        return await layer.expire_tag(self.tag)
+
+    def messages(self, origin: str) -> list[BusMessage]:
+        return [BusMessage(origin, "expire-tag", tag=self.tag)]
+
+
 def from_message(message: BusMessage) -> Invalidation:
     """The invalidation a (checked) bus message announces."""
-    if message.op == "keys":
+    op, tag = message.op, message.tag
+    if op == "keys":
         return DropKeys(message.keys)
-    if message.op == "tag" and message.tag is not None:
-        return DropTag(message.tag)
+    if op == "expire-keys":
+        return ExpireKeys(message.keys)
+    if op == "tag" and tag is not None:
+        return DropTag(tag)
+    if op == "expire-tag" and tag is not None:
+        return ExpireTag(tag)
     return DropAll()
 
 
@@ -150,8 +205,8 @@ class InvalidationPath:
         self._announcer = announcer
 
     async def run(self, change: Invalidation) -> int:
-        """Apply ``change`` everywhere and announce it; the distinct keys it removed,
-        as far as this stack could see (the kinds that count them).
+        """Apply ``change`` everywhere and announce it; the distinct keys it removed or
+        expired, as far as this stack could see (the kinds that count them).
 
         A remote layer that fails (strict mode) stops the remote part, but the change is
         still applied to the local layers and announced surely before the error is
@@ -225,7 +280,8 @@ class InvalidationPath:
         await self._announcer.send(messages, deadline, surely=True)
 
     def receive(self, message: BusMessage) -> None:
-        """Another stack changed something: drop it here (the listener calls this)."""
+        """Another stack changed something: drop (or expire) it here (the listener
+        calls this)."""
         self.apply_here(from_message(message))
 
     def resubscribed(self) -> None:

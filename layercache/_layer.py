@@ -131,6 +131,24 @@ class Layer(ABC):
     async def clear(self) -> None:
         """Remove every entry this layer holds for the stack."""
 
+    async def expire_many(self, keys: Sequence[str]) -> set[str]:
+        """Mark ``keys`` stale now, each entry keeping its stale window (see
+        :meth:`Record.expired`); an entry without one is removed. Return the keys found.
+
+        This default, for a layer that keeps no stale windows, removes them (an expire
+        without a stale window is a delete), after reading them to say which it found.
+        """
+        found = set(await self.get_many(keys))
+        await self.delete_many(found)
+        return found
+
+    async def expire_tag(self, tag: str) -> set[str]:
+        """:meth:`expire_many` for every entry carrying ``tag``; the keys found.
+
+        This default, for a layer that keeps no stale windows, removes them.
+        """
+        return await self.invalidate_tag(tag)
+
     @abstractmethod
     def statistics(self) -> LayerStatistics:
         """A snapshot of the layer's counters."""
@@ -199,6 +217,24 @@ class LocalLayer(Layer):
     def clear_nowait(self) -> None:
         """Remove every entry."""
 
+    def expire_many_nowait(self, keys: Iterable[str]) -> set[str]:
+        """Mark ``keys`` stale now, each entry keeping its stale window (see
+        :meth:`Record.expired`); an entry without one is removed. Return the keys of the
+        live entries found.
+
+        This default, for a layer that keeps no stale windows, removes them.
+        """
+        found = set(self.get_many_nowait(keys))
+        self.delete_many_nowait(found)
+        return found
+
+    def expire_tag_nowait(self, tag: str) -> set[str]:
+        """:meth:`expire_many_nowait` for every entry carrying ``tag``.
+
+        This default, for a layer that keeps no stale windows, removes them.
+        """
+        return self.invalidate_tag_nowait(tag)
+
     async def get_many(self, keys: Sequence[str]) -> dict[str, Record]:
         return self.get_many_nowait(keys)
 
@@ -213,3 +249,9 @@ class LocalLayer(Layer):
 
     async def clear(self) -> None:
         self.clear_nowait()
+
+    async def expire_many(self, keys: Iterable[str]) -> set[str]:
+        return self.expire_many_nowait(keys)
+
+    async def expire_tag(self, tag: str) -> set[str]:
+        return self.expire_tag_nowait(tag)

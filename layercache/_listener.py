@@ -6,8 +6,9 @@ publishing, and the bus counters (sent, received, ignored, rejected by reason).
 It reports itself started only once SUBSCRIBE is acknowledged, so a stack never runs
 without hearing its peers. Each message from another stack is checked (size, format,
 signature) and handed to ``apply`` (the stack's invalidation path, which fences its loads
-and drops the entries from its local layers synchronously, in this task); the stack's own
-messages are ignored; bad ones are dropped, counted, and never stop the listener.
+and drops, or expires, the entries in its local layers synchronously, in this task); the
+stack's own messages are ignored; bad ones are dropped, counted, and never stop the
+listener.
 
 Takes no requests over a channel: its tasks read the subscription. The write and
 invalidation paths call :meth:`InvalidationListener.publish` (through the bus's health

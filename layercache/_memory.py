@@ -234,6 +234,44 @@ class MemoryLayer(LocalLayer):
         self._deletes += len(live)
         return live
 
+    def expire_many_nowait(self, keys: Iterable[str]) -> set[str]:
+        """Mark ``keys`` stale now: each entry is replaced by its
+        :meth:`~layercache.Record.expired` copy (same value and tags, stale from now for
+        what its stale window allowed), or removed if it has no stale window. Return the
+        keys of the live entries found (an expired one is removed, as a read would)."""
+        now = self.clock()
+        found = set()
+        for key in keys:
+            entry = self._data.get(key)
+            if entry is not None and self._expire(key, entry, now):
+                found.add(key)
+        return found
+
+    def expire_tag_nowait(self, tag: str) -> set[str]:
+        """:meth:`expire_many_nowait` for every entry carrying ``tag``: the ones kept
+        stale still carry it."""
+        keys = self._tags.get(tag)
+        if not keys:
+            return set()
+        now = self.clock()
+        return {key for key in list(keys) if self._expire(key, self._data[key], now)}
+
+    def _expire(self, key: str, entry: Record, now: float) -> bool:
+        """Mark one entry stale at ``now`` (in place: its recency and tags stay); False
+        if it was gone already."""
+        until = entry.stale_until
+        if until is not None and until <= now:
+            self._remove(key, entry)
+            self._expirations += 1
+            return False
+        expired = entry.expired(now)
+        if expired is None:
+            self._remove(key, entry)
+            self._deletes += 1
+        else:
+            self._data[key] = expired
+        return True
+
     def clear_nowait(self) -> None:
         self._deletes += len(self._data)
         self._data.clear()

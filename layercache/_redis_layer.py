@@ -54,6 +54,8 @@ from ._redis._errors import RedisConnectionError, RedisError, reply_error
 from ._redis._lanes import Lanes
 from ._redis._scripts import (
     DELETE,
+    EXPIRE,
+    EXPIRE_TAG,
     INVALIDATE_TAG,
     SCRIPTS,
     WRITE,
@@ -63,7 +65,7 @@ from ._redis._scripts import (
 )
 from ._redis._transport import Transport
 from ._reply import ReplySlot
-from ._serializers import CorruptValue, resolve_serializer, unwrap, wrap
+from ._serializers import CorruptValue, Unwrapped, resolve_serializer, unwrap, wrap
 from ._statistics import LayerStatistics
 from ._validation import check_max_size, check_name, check_ttl
 
@@ -405,7 +407,8 @@ class RedisLayer(Layer):
         self, keys: list[str], values: object, ttls: Sequence[object]
     ) -> tuple[dict[str, Record], set[str]] | RedisError:
         """Decode an MGET and its PTTLs: the records found, and the keys holding bad
-        bytes. A record's deadlines are its remaining TTL from now, on the stack's clock."""
+        bytes. A record's deadlines are placed from now, on the stack's clock, by its
+        remaining TTL and its envelope's windows (see :func:`_read_record`)."""
         if not isinstance(values, list):
             return reply_error(values, "MGET failed")
         found: dict[str, Record] = {}
@@ -415,13 +418,10 @@ class RedisLayer(Layer):
             if raw is None or not isinstance(ttl_ms, int) or ttl_ms == -2:
                 continue
             try:
-                value, tags = unwrap(self.serializer, raw)
+                found[key] = _read_record(unwrap(self.serializer, raw), now, ttl_ms)
             except CorruptValue as error:
                 logger.debug("dropping undecodable value at %r: %s", key, error)
                 corrupt.add(key)
-                continue
-            until = None if ttl_ms < 0 else now + ttl_ms / 1000
-            found[key] = Record(value, until, until, tags, refresh_at=until)
         self._hits += len(found)
         self._misses += len(keys) - len(found)
         self._corrupt += len(corrupt)
@@ -609,7 +609,7 @@ class RedisLayer(Layer):
 
         Delete undecodable values; a failure is logged, not raised (it is clean-up)."""
         try:
-            await self._call(self._delete_commands(keys), (DELETE,))
+            await self._call(self._key_commands(DELETE, keys), (DELETE,))
         except LayerUnavailableError as error:
             logger.debug("could not delete undecodable values %r: %s", keys, error)
 
@@ -653,13 +653,11 @@ class RedisLayer(Layer):
         body = record.value
         if not isinstance(body, bytes):
             body = self.encode(body)
-        until = record.stale_until
-        # Whole milliseconds, rounded up, ignoring float dust (now + 5 - now > 5).
-        ttl_ms = 0 if until is None else max(1, math.ceil(round((until - now) * 1000, 6)))
+        ttl_ms, stale_ms, early_ms = _windows(record, now)
         tags = sorted(record.tags)
         keys = [self.keys.values + key, self.keys.key_tags + key]
         keys.extend(self.keys.tag_sets + tag for tag in tags)
-        envelope = wrap(self.serializer, body, record.tags)
+        envelope = wrap(self.serializer, body, record.tags, stale_ms, early_ms)
         arguments: list[str | bytes | int] = [
             envelope,
             ttl_ms,
@@ -672,15 +670,23 @@ class RedisLayer(Layer):
         ]
         return WRITE.evalsha(keys, arguments)
 
-    def _delete_commands(self, keys: Sequence[str]) -> list[Command]:
+    def _key_commands(self, script: Script, keys: Sequence[str]) -> list[Command]:
+        """``script`` (DELETE's arguments) for ``keys``, a call per chunk of them."""
         commands: list[Command] = []
         for start in range(0, len(keys), DELETE_CHUNK):
             chunk = keys[start : start + DELETE_CHUNK]
             names: list[str] = []
             for key in chunk:
                 names += (self.keys.values + key, self.keys.key_tags + key)
-            commands.append(DELETE.evalsha(names, [self.keys.tag_sets, self.keys.locks, *chunk]))
+            commands.append(script.evalsha(names, [self.keys.tag_sets, self.keys.locks, *chunk]))
         return commands
+
+    def _tag_command(self, script: Script, tag: str) -> Command:
+        """``script`` (INVALIDATE_TAG's arguments) for ``tag``."""
+        keys = self.keys
+        return script.evalsha(
+            [keys.tag_sets + tag], [keys.tag_sets, keys.values, keys.key_tags, keys.locks, tag]
+        )
 
     async def delete_many(
         self, keys: Iterable[str], *, announce: Announcement | None = None
@@ -689,19 +695,48 @@ class RedisLayer(Layer):
         unique = list(dict.fromkeys(keys))
         if not unique:
             return
-        replies = await self._call(self._delete_commands(unique), (DELETE,), announce)
+        replies = await self._call(self._key_commands(DELETE, unique), (DELETE,), announce)
         self._deletes += sum(reply for reply in replies if isinstance(reply, int))
 
     async def invalidate_tag(self, tag: str, *, announce: Announcement | None = None) -> set[str]:
         """Drop every entry carrying ``tag``; ``announce`` (the stack's) follows."""
-        command = INVALIDATE_TAG.evalsha(
-            [self.keys.tag_sets + tag],
-            [self.keys.tag_sets, self.keys.values, self.keys.key_tags, self.keys.locks, tag],
-        )
+        command = self._tag_command(INVALIDATE_TAG, tag)
         (reply,) = await self._call([command], (INVALIDATE_TAG,), announce)
         removed = {key.decode() for key in reply} if isinstance(reply, list) else set()
         self._deletes += len(removed)
         return removed
+
+    async def expire_many(
+        self, keys: Iterable[str], *, announce: Announcement | None = None
+    ) -> set[str]:
+        """Mark ``keys`` stale now, each keeping its stale window: its TTL becomes that
+        window, its refresh-ahead window goes (one script per chunk of keys, reading
+        only the envelope's header). An entry without a stale window is deleted. Their
+        locks go too: a load in flight for them stores nothing. ``announce`` (the
+        stack's) follows in the same batch. Returns the keys found, kept or deleted."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return set()
+        replies = await self._call(self._key_commands(EXPIRE, unique), (EXPIRE,), announce)
+        return self._expired(replies)
+
+    async def expire_tag(self, tag: str, *, announce: Announcement | None = None) -> set[str]:
+        """:meth:`expire_many` for every entry carrying ``tag`` (and the locks of the
+        loads carrying it); ``announce`` (the stack's) follows."""
+        replies = await self._call([self._tag_command(EXPIRE_TAG, tag)], (EXPIRE_TAG,), announce)
+        return self._expired(replies)
+
+    def _expired(self, replies: list[object]) -> set[str]:
+        """The keys in the expire scripts' replies, ``[kept, deleted]`` each; counts the
+        deletes."""
+        found: set[str] = set()
+        for reply in replies:
+            if isinstance(reply, list) and len(reply) == 2:
+                kept, deleted = reply
+                found.update(key.decode() for key in kept)
+                found.update(key.decode() for key in deleted)
+                self._deletes += len(deleted)
+        return found
 
     async def clear(self) -> None:
         """Remove every name under this layer's prefix (SCAN + UNLINK, never FLUSHDB)."""
@@ -731,6 +766,55 @@ class RedisLayer(Layer):
             errors=self._errors,
             corrupt=self._corrupt,
         )
+
+
+def _windows(record: Record, now: float) -> tuple[int, int, int]:
+    """What the envelope and Redis keep of ``record``'s deadlines, written at ``now``:
+    ``(ttl_ms, stale_ms, early_ms)``, the physical TTL (0: none) and the windows.
+
+    Each deadline in whole milliseconds from now, rounded down (ignoring float dust:
+    ``now + 5 - now > 5``), so a record reads back no fresher and no longer-lived than
+    written, by less than a millisecond (a TTL under 1 ms is 1 ms); a deadline already
+    past is now. An entry stale forever after its fresh TTL (no ``stale_until``) is stored
+    until ``fresh_until``: Redis places every deadline from the TTL.
+    """
+    fresh, early = record.fresh_until, record.refresh_at
+    until = record.stale_until if record.stale_until is not None else fresh
+    if until is None:
+        return 0, 0, 0
+    ttl_ms = max(1, _whole_ms(until - now))
+    if fresh == until and early == fresh:
+        return ttl_ms, 0, 0  # no windows: the common case, in one comparison
+    fresh_ms = ttl_ms if fresh is None else min(ttl_ms, max(0, _whole_ms(fresh - now)))
+    early_ms = fresh_ms if early is None else min(fresh_ms, max(0, _whole_ms(early - now)))
+    return ttl_ms, ttl_ms - fresh_ms, fresh_ms - early_ms
+
+
+def _whole_ms(seconds: float) -> int:
+    """``seconds`` in whole milliseconds, rounded down, ignoring float dust."""
+    return math.floor(round(seconds * 1000, 6))
+
+
+def _read_record(unwrapped: Unwrapped, now: float, ttl_ms: int) -> Record:
+    """The record of an envelope read at ``now`` with ``ttl_ms`` left (PTTL; -1: none):
+    it is gone at the end of that TTL, stale ``stale_ms`` before, due for a refresh
+    ``early_ms`` before that.
+
+    :raises CorruptValue: windows on a key without a TTL (forged, or not ours: the
+        windows would place no deadline, and the entry would read as fresh forever).
+    """
+    value, tags, stale_ms, early_ms = unwrapped
+    if ttl_ms < 0:
+        if stale_ms or early_ms:
+            raise CorruptValue(f"windows of {stale_ms} and {early_ms} ms without a TTL")
+        return Record(value, None, None, tags, refresh_at=None)
+    until = now + ttl_ms / 1000
+    if not stale_ms and not early_ms:
+        return Record(value, until, until, tags, refresh_at=until)
+    fresh_ms = ttl_ms - stale_ms  # below 0 once the entry is stale: in the past
+    fresh = now + fresh_ms / 1000 if stale_ms else until
+    early = now + (fresh_ms - early_ms) / 1000 if early_ms else fresh
+    return Record(value, fresh, until, tags, refresh_at=early)
 
 
 def _fail_waiting(receive: MemoryObjectReceiveStream[Request], error: RedisError) -> None:

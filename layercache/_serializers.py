@@ -7,7 +7,8 @@ code, so a payload is unpickled only after its signature checks out — **anyone
 can write to your Redis and knows the key can run code in your process**.
 
 Every stored value is wrapped in an envelope: a magic prefix, a format version, the
-serializer's id and the entry's tags, then the serialized body. Bytes without a valid
+serializer's id, the tag count, the entry's freshness windows (see :func:`wrap`) and its
+tags, then the serialized body. Bytes without a valid
 envelope (foreign or corrupt data) decode to an error the Redis layer treats as a miss.
 """
 
@@ -276,13 +277,41 @@ def resolve_serializer(serializer: object) -> Serializer:
 # -- the envelope ------------------------------------------------------------------------
 
 MAGIC = b"\xc1LC"  # 0xc1 starts no JSON text and no msgpack object
-VERSION = 1
+VERSION = 2
+"""The envelope version :func:`wrap` writes; :func:`unwrap` reads it and version 1 (the
+previous release's, which has no windows: fresh for its whole TTL)."""
 _HEADER = struct.Struct(">3sBBH")  # magic, version, serializer id, tag count
+_WINDOWS = struct.Struct(">QQ")  # version 2 only: stale_ms, early_ms
+WINDOWS_OFFSET = _HEADER.size
+"""Where version 2's windows start (the Redis layer's expire script rewrites them)."""
+HEADER_SIZE = _HEADER.size + _WINDOWS.size
+"""Bytes before the tags in a version 2 envelope."""
+MAX_WINDOW_MS = 10**15
+"""The longest window an envelope may carry, in milliseconds: a window is one duration
+(a stale window, or the refresh-ahead part of a fresh TTL) and no duration is longer
+than ``MAX_TTL`` (10**12 s). A longer one is forged or corrupt. (Lua, which rewrites the
+windows, counts exactly up to 2**53, far above it.)"""
 _LENGTH = struct.Struct(">H")
 
+Unwrapped = tuple[Any, frozenset[str], int, int]
+"""What :func:`unwrap` finds: ``(value, tags, stale_ms, early_ms)``."""
 
-def wrap(serializer: Serializer, body: bytes, tags: frozenset[str]) -> bytes:
-    parts = [_HEADER.pack(MAGIC, VERSION, serializer.id, len(tags))]
+
+def wrap(
+    serializer: Serializer,
+    body: bytes,
+    tags: frozenset[str],
+    stale_ms: int = 0,
+    early_ms: int = 0,
+) -> bytes:
+    """The envelope of ``body``: its tags and its windows, ``stale_ms`` (from the end of
+    its freshness to the end of its TTL) and ``early_ms`` (from its refresh-ahead point to
+    the end of its freshness), both 0 without those windows or without a TTL. The TTL
+    itself is Redis's (no wall clock is stored): a reader places the windows from it."""
+    parts = [
+        _HEADER.pack(MAGIC, VERSION, serializer.id, len(tags)),
+        _WINDOWS.pack(stale_ms, early_ms),
+    ]
     for tag in sorted(tags):
         encoded = tag.encode()
         parts.append(_LENGTH.pack(len(encoded)))
@@ -291,19 +320,27 @@ def wrap(serializer: Serializer, body: bytes, tags: frozenset[str]) -> bytes:
     return b"".join(parts)
 
 
-def unwrap(serializer: Serializer, data: bytes) -> tuple[Any, frozenset[str]]:
-    """Decode an envelope written by :func:`wrap` with the same serializer.
+def unwrap(serializer: Serializer, data: bytes) -> Unwrapped:
+    """Decode an envelope written by :func:`wrap` with the same serializer, or by the
+    previous release (version 1: no windows): ``(value, tags, stale_ms, early_ms)``.
 
-    :raises CorruptValue: for anything else; nothing in the data is ever executed
-        unless the serializer itself vouches for it (pickle checks its signature).
+    :raises CorruptValue: for anything else, a window over :data:`MAX_WINDOW_MS`
+        included; nothing in the data is ever executed unless the serializer itself
+        vouches for it (pickle checks its signature).
     """
     try:
         magic, version, serializer_id, tag_count = _HEADER.unpack_from(data)
-        if magic != MAGIC or version != VERSION:
+        if magic != MAGIC or version not in (1, 2):
             raise CorruptValue("not a layercache value")
         if serializer_id != serializer.id:
             raise CorruptValue(f"written with serializer id {serializer_id}, not {serializer.id}")
         offset = _HEADER.size
+        stale_ms = early_ms = 0
+        if version == 2:
+            stale_ms, early_ms = _WINDOWS.unpack_from(data, offset)
+            if stale_ms > MAX_WINDOW_MS or early_ms > MAX_WINDOW_MS:
+                raise CorruptValue(f"windows of {stale_ms} and {early_ms} ms")
+            offset = HEADER_SIZE
         tags = []
         for _ in range(tag_count):
             (length,) = _LENGTH.unpack_from(data, offset)
@@ -312,7 +349,7 @@ def unwrap(serializer: Serializer, data: bytes) -> tuple[Any, frozenset[str]]:
                 raise CorruptValue("truncated tags")
             tags.append(data[offset : offset + length].decode())
             offset += length
-        return serializer.loads(data[offset:]), frozenset(tags)
+        return serializer.loads(data[offset:]), frozenset(tags), stale_ms, early_ms
     except CorruptValue:
         raise
     except Exception as error:

@@ -37,7 +37,7 @@ from ._clock import Clock
 from ._distributed import RedisSingleFlightCoordinator
 from ._exceptions import CacheClosedError
 from ._freshness import NO_FRESHNESS, Freshness
-from ._invalidation import DropAll, DropKeys, DropTag, InvalidationPath
+from ._invalidation import DropAll, DropKeys, DropTag, ExpireKeys, ExpireTag, InvalidationPath
 from ._layer import Layer
 from ._lifecycle import Lifecycle
 from ._load import LoadPath
@@ -375,6 +375,36 @@ class CacheStack:
         """
         self._check_open("CacheStack.invalidate_by_tag()")
         return await self._invalidations.run(DropTag(check_tag(tag)))
+
+    async def expire(self, key: str) -> int:
+        """Mark ``key`` stale now in every layer and on every instance (bus), keeping its
+        stale window; without one (no stale-while-revalidate or stale-if-error when it
+        was written) this is a delete. A load in flight for it stores nothing.
+
+        :returns: 1 if some layer had the key, else 0.
+        """
+        return await self._expire((key,), "CacheStack.expire()")
+
+    async def expire_many(self, keys: Iterable[str]) -> int:
+        """:meth:`expire` for every key in ``keys``.
+
+        :returns: how many distinct keys were found, in any layer.
+        """
+        return await self._expire(keys, "CacheStack.expire_many()")
+
+    async def _expire(self, keys: Iterable[str], method: str) -> int:
+        self._check_open(method)
+        return await self._invalidations.run(ExpireKeys(check_keys(keys)))
+
+    async def expire_by_tag(self, tag: str) -> int:
+        """:meth:`expire` for every entry carrying ``tag`` (the ones kept stale still
+        carry it).
+
+        :returns: how many distinct keys were expired or removed, as far as this stack
+            could see.
+        """
+        self._check_open("CacheStack.expire_by_tag()")
+        return await self._invalidations.run(ExpireTag(check_tag(tag)))
 
     async def clear(self) -> None:
         """Remove everything this stack holds in every layer (only under its prefixes)."""

@@ -1,12 +1,13 @@
 """Helpers the unit and the integration tests share: a fetcher the test opens and
 closes by hand, raw RESP over a socket, the metrics an OpenTelemetry reader holds, the
-durations every duration argument refuses, a JSON serializer on the standard library and
-a type-strict equality of values."""
+durations every duration argument refuses, a JSON serializer on the standard library, a
+type-strict equality of values, and Redis layer envelopes written by hand."""
 
 from __future__ import annotations
 
 import math
 import socket
+import struct
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
@@ -14,6 +15,7 @@ import anyio
 
 import layercache._serializers as serializers
 from layercache import JsonSerializer
+from layercache._serializers import MAGIC, MAX_WINDOW_MS
 from layercache._validation import MAX_TTL
 
 if TYPE_CHECKING:
@@ -115,3 +117,30 @@ def same(a: object, b: object) -> bool:
             a == b or (math.isnan(a) and math.isnan(b))
         )
     return a == b
+
+
+def envelope_v1(body: bytes, *tags: str, serializer_id: int = JsonSerializer.id) -> bytes:
+    """A value as the release before freshness windows wrote it: ``>3sBBH`` (magic,
+    version 1, serializer id, tag count), the tags, the body."""
+    parts = [struct.pack(">3sBBH", MAGIC, 1, serializer_id, len(tags))]
+    for tag in tags:
+        parts += [struct.pack(">H", len(tag.encode())), tag.encode()]
+    return b"".join(parts) + body
+
+
+def envelope_v2(stale_ms: int, early_ms: int, body: bytes = b'"forged"', tags: int = 0) -> bytes:
+    """A version 2 header with these windows (and ``tags`` as its tag count), then
+    ``body``: for forging."""
+    return struct.pack(">3sBBHQQ", MAGIC, 2, JsonSerializer.id, tags, stale_ms, early_ms) + body
+
+
+FORGED_WINDOWS: list[tuple[bytes, int | None]] = [
+    (envelope_v2(1, 0), None),  # windows on a key without a TTL: it would be fresh forever
+    (envelope_v2(0, 1), None),
+    (envelope_v2(MAX_WINDOW_MS + 1, 0), 60_000),
+    (envelope_v2(0, MAX_WINDOW_MS + 1), 60_000),
+    (envelope_v2(2**64 - 1, 2**64 - 1), 60_000),
+    (envelope_v2(0, 0)[:20], 60_000),  # the windows cut short
+]
+"""Values a Redis layer must take as corrupt, and the TTL (ms) they are stored with."""
+FORGED_IDS = ["stale-no-ttl", "early-no-ttl", "stale-over", "early-over", "huge", "truncated"]

@@ -9,9 +9,10 @@ Layout under a stack's prefix ``P`` (see docs/redis.md):
 - ``P k:<key>``  a set of the key's tags, with the value's TTL, so an overwrite or a
   delete can take the key out of every tag set it was in;
 - ``P l:<key>``  the single-flight lock of a load in flight (a random token, with the
-  lease as TTL). Any change to the key (a write, a delete, an invalidation of one of the
-  load's tags, a clear) deletes it, and the holder writes its result only while its token
-  is still there: a load that began before a change never stores its stale result.
+  lease as TTL). Any change to the key (a write, a delete, an expire, an invalidation or
+  expire of one of the load's tags, a clear) deletes it, and the holder writes its
+  result only while its token is still there: a load that began before a change never
+  stores its stale result.
 
 Each script is atomic, so a concurrent reader never sees a value without its index.
 """
@@ -24,7 +25,11 @@ from dataclasses import dataclass, field
 
 import hiredis
 
+from .._serializers import HEADER_SIZE, MAGIC, MAX_WINDOW_MS, VERSION, WINDOWS_OFFSET
 from ._connection import Command
+
+_V2 = "".join(f"\\{byte}" for byte in MAGIC + bytes([VERSION]))
+"""How a version 2 envelope begins, as a Lua string literal (decimal escapes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,22 +103,33 @@ end
 return 1
 """)
 
-# KEYS: value key 1, key-tags key 1, value key 2, ...   ARGV: tag-set prefix, lock prefix,
-# user keys...   Also deletes the keys' locks (see WRITE).
-DELETE = Script("""
-local tprefix, lprefix = ARGV[1], ARGV[2]
-local removed = 0
-for i = 3, #ARGV do
-  local key, vkey, kkey = ARGV[i], KEYS[2 * i - 5], KEYS[2 * i - 4]
-  redis.call('DEL', lprefix .. key)
+# Takes a key's value and its index entries away: out of each of its tag sets, its tag
+# set deleted, its value deleted (returns 1 if there was one). Its lock is the caller's.
+_DROP = """
+local function drop(key, vkey, kkey, tprefix)
   for _, tag in ipairs(redis.call('SMEMBERS', kkey)) do
     redis.call('SREM', tprefix .. tag, key)
   end
   redis.call('DEL', kkey)
-  removed = removed + redis.call('DEL', vkey)
+  return redis.call('DEL', vkey)
+end
+"""
+
+# KEYS: value key 1, key-tags key 1, value key 2, ...   ARGV: tag-set prefix, lock prefix,
+# user keys...   Also deletes the keys' locks (see WRITE).
+DELETE = Script(
+    _DROP
+    + """
+local tprefix, lprefix = ARGV[1], ARGV[2]
+local removed = 0
+for i = 3, #ARGV do
+  local key = ARGV[i]
+  redis.call('DEL', lprefix .. key)
+  removed = removed + drop(key, KEYS[2 * i - 5], KEYS[2 * i - 4], tprefix)
 end
 return removed
-""")
+"""
+)
 
 # KEYS: the tag set.   ARGV: tag-set prefix, value prefix, key-tags prefix, lock prefix,
 # the tag. Returns the keys whose values it removed. The set also holds the keys that
@@ -137,6 +153,93 @@ end
 redis.call('DEL', KEYS[1])
 return removed
 """)
+
+# Marks the value at vkey stale now, keeping its stale window: the envelope's stale_ms
+# (version 2, see layercache/_serializers.py, read here from its header alone). A fresh
+# entry then lives stale_ms more, its key-tags set likewise, and its early_ms becomes 0:
+# stale from now, as the memory layer's Record.expired makes it. An entry already stale
+# is left as it is. Returns true if the entry is kept (stale), false if it has no stale
+# window to keep (no TTL, version 1, stale_ms 0, or not a header of ours: a window over
+# the bound is forged), nil without a value. SETRANGE, which Redis refuses at maxmemory
+# when it is a script's first write, always comes after the lock's DEL.
+_MARK_STALE = f"""
+local function mark_stale(vkey, kkey)
+  local ttl = redis.call('PTTL', vkey)
+  if ttl == -2 then
+    return nil
+  end
+  local head = redis.call('GETRANGE', vkey, 0, {HEADER_SIZE - 1})
+  if ttl <= 0 or #head ~= {HEADER_SIZE} or string.sub(head, 1, 4) ~= '{_V2}' then
+    return false
+  end
+  local stale, early = 0, 0
+  for i = {WINDOWS_OFFSET + 1}, {WINDOWS_OFFSET + 8} do
+    stale = stale * 256 + string.byte(head, i)
+    early = early * 256 + string.byte(head, i + 8)
+  end
+  if stale == 0 or stale > {MAX_WINDOW_MS} or early > {MAX_WINDOW_MS} then
+    return false
+  end
+  if ttl > stale then
+    redis.call('PEXPIRE', vkey, stale)
+    redis.call('PEXPIRE', kkey, stale)
+    if early > 0 then
+      redis.call('SETRANGE', vkey, {WINDOWS_OFFSET + 8}, string.rep('\\0', 8))
+    end
+  end
+  return true
+end
+"""
+
+# KEYS: value key 1, key-tags key 1, value key 2, ...   ARGV: tag-set prefix, lock prefix,
+# user keys...   Marks each key's entry stale (see _MARK_STALE), or deletes it (DELETE's
+# way) if it has no stale window. Deletes the keys' locks: a load in flight stores
+# nothing. Returns {the keys kept stale, the keys deleted}.
+EXPIRE = Script(
+    _DROP
+    + _MARK_STALE
+    + """
+local tprefix, lprefix = ARGV[1], ARGV[2]
+local kept, removed = {}, {}
+for i = 3, #ARGV do
+  local key, vkey, kkey = ARGV[i], KEYS[2 * i - 5], KEYS[2 * i - 4]
+  redis.call('DEL', lprefix .. key)
+  if mark_stale(vkey, kkey) then
+    kept[#kept + 1] = key
+  elseif drop(key, vkey, kkey, tprefix) == 1 then
+    removed[#removed + 1] = key
+  end
+end
+return {kept, removed}
+"""
+)
+
+# KEYS: the tag set.   ARGV: tag-set prefix, value prefix, key-tags prefix, lock prefix
+# (and the tag, unused: INVALIDATE_TAG's arguments). EXPIRE for every key in the tag
+# set: the keys kept stale stay in it (they still carry the tag), the others leave it
+# (with the keys that loads carrying the tag are filling, see ACQUIRE: their locks go,
+# so they store nothing). Returns {kept, deleted}.
+EXPIRE_TAG = Script(
+    _DROP
+    + _MARK_STALE
+    + """
+local tprefix, vprefix, kprefix, lprefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local kept, removed = {}, {}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local vkey, kkey = vprefix .. key, kprefix .. key
+  redis.call('DEL', lprefix .. key)
+  if mark_stale(vkey, kkey) then
+    kept[#kept + 1] = key
+  else
+    if drop(key, vkey, kkey, tprefix) == 1 then
+      removed[#removed + 1] = key
+    end
+    redis.call('SREM', KEYS[1], key)
+  end
+end
+return {kept, removed}
+"""
+)
 
 # Distributed single-flight locks (layercache/_distributed.py).
 # KEYS: the lock, tag-set keys...   ARGV: token, lease ms, user key.
@@ -193,7 +296,7 @@ end
 return 1
 """)
 
-SCRIPTS = (WRITE, DELETE, INVALIDATE_TAG)
+SCRIPTS = (WRITE, DELETE, INVALIDATE_TAG, EXPIRE, EXPIRE_TAG)
 LOCK_SCRIPTS = (ACQUIRE, RENEW, RELEASE)
 PROBE = Script("return 1")
 """Run once per connection: a server that loads scripts but cannot run them (an ACL

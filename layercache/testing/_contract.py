@@ -9,6 +9,10 @@ Layers whose TTLs follow the stack's clock set ``follows_clock = True`` (the def
 the TTL tests then move a :class:`FakeClock` past the deadlines. A layer with its own
 clock (Redis keeps time on the server) sets it to False; the TTL tests then check the
 remaining TTL the layer reports instead of waiting for it to run out.
+
+A layer that marks an expired entry stale, keeping its stale window, keeps
+``keeps_stale_windows = True`` (the default); one that relies on the base class's
+``expire_many``/``expire_tag`` (which delete) sets it to False.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class LayerContract:
 
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.anyio]
     follows_clock: ClassVar[bool] = True
+    keeps_stale_windows: ClassVar[bool] = True
 
     def make_layer(self, *, ttl: float | None = None, max_size: int = 1000) -> Layer:
         """Return a fresh, empty layer with this default ``ttl`` (and ``max_size``, for
@@ -209,3 +214,53 @@ class LayerContract:
             assert stats.layer_hits[layer.name] == 2
             assert stats.hits == 2
             assert stats.misses == 1
+
+    async def _write_windowed(self, layer: Layer) -> None:
+        """``windowed``: fresh 60 s then stale 30, refreshed ahead after 30; ``plain``
+        and ``other``: fresh 60 s, no windows; all tagged ``t``."""
+        now, tags = layer.clock(), frozenset({"t"})
+        windowed = Record.new(layer.encode("w"), now, 60.0, tags, stale=30.0, refresh_ahead=0.5)
+        plain = layer.record("p", now, 60.0, tags)
+        await layer.write_many({"windowed": windowed, "plain": plain, "other": plain})
+
+    def _check_expired(self, found: dict[str, Record], layer: Layer) -> None:
+        """``windowed`` is stale from now for its stale window (or gone, for a layer that
+        keeps no windows); ``plain`` is gone."""
+        assert "plain" not in found
+        if not self.keeps_stale_windows:
+            assert "windowed" not in found
+            return
+        entry, now = found["windowed"], layer.clock()
+        assert entry.value == "w"
+        assert entry.tags == frozenset({"t"})
+        assert entry.refresh_at is not None
+        assert entry.fresh_until is not None
+        assert entry.refresh_at <= entry.fresh_until <= now
+        remaining = entry.remaining(now)
+        assert remaining is not None
+        assert 27.0 < remaining <= 30.0
+
+    async def test_expire_keeps_the_stale_window_or_deletes(self) -> None:
+        async with self.stack() as (cache, layer):
+            await self._write_windowed(layer)
+            assert await layer.expire_many(["windowed", "plain", "absent"]) == {
+                "windowed",
+                "plain",
+            }
+            found = await layer.get_many(["windowed", "plain", "other"])
+            self._check_expired(found, layer)
+            assert found["other"].is_fresh(layer.clock())
+            assert await cache.expire_many(["windowed", "plain", "other"]) == (
+                2 if self.keeps_stale_windows else 1
+            )
+
+    async def test_expire_by_tag_keeps_the_stale_window_or_deletes(self) -> None:
+        async with self.stack() as (cache, layer):
+            await self._write_windowed(layer)
+            assert await cache.expire_by_tag("t") == 3
+            found = await layer.get_many(["windowed", "plain", "other"])
+            self._check_expired(found, layer)
+            assert "other" not in found
+            expected = {"windowed"} if self.keeps_stale_windows else set()
+            assert await layer.expire_tag("t") == expected  # the stale one still carries it
+            assert await cache.invalidate_by_tag("t") == len(expected)

@@ -6,10 +6,13 @@ When no server binary can be found or started, the fixtures raise, so the tests 
 them fail instead of being skipped (DESIGN §6).
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import pytest
 
+from layercache._redis._address import parse_redis_url
+from layercache._redis._transport import Transport
 from layercache.testing import FaultProxy, RedisServer
 
 from ..redis_fixtures import own_redis_server as own_redis_server
@@ -26,3 +29,14 @@ def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
     assert redis_server.port is not None
     with FaultProxy("127.0.0.1", redis_server.port) as proxy:
         yield proxy
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[Transport]:
+    """A bare transport to the session's server, to look at and tamper with what a
+    layer stored."""
+    transport = Transport(parse_redis_url(redis_server.url), timeout=5.0)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(transport.run)
+        yield transport
+        tasks.cancel_scope.cancel()

@@ -249,7 +249,7 @@ async def test_the_holder_renews_its_lease_while_it_fetches(
 # -- no stale write after a change elsewhere (the Redis-side guard) ------------------------
 
 
-@pytest.mark.parametrize("change", ["delete", "set", "tag", "clear"])
+@pytest.mark.parametrize("change", ["delete", "set", "tag", "expire", "expire tag", "clear"])
 async def test_a_change_elsewhere_during_the_fetch_is_not_overwritten(
     redis_server: RedisServer, raw: redis.Redis, prefix: str, change: str
 ) -> None:
@@ -275,6 +275,10 @@ async def test_a_change_elsewhere_during_the_fetch_is_not_overwritten(
                     await other.set("k", "new")
                 elif change == "tag":
                     assert await other.invalidate_by_tag("t") == 0  # nothing stored yet
+                elif change == "expire":
+                    assert await other.expire("k") == 0
+                elif change == "expire tag":
+                    assert await other.expire_by_tag("t") == 0
                 else:
                     await other.clear()
                 fetcher.open()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pickle
 import random
+import struct
+import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -22,27 +23,21 @@ from layercache import (
     LayerUnavailableError,
     MemoryLayer,
     PickleSerializer,
+    Record,
     RedisLayer,
     SerializationError,
 )
 from layercache._redis._address import parse_redis_url
 from layercache._redis._transport import Transport
 from layercache._validation import MAX_TTL
-from layercache.testing import FaultProxy, LayerContract
+from layercache.testing import FakeClock, FaultProxy, LayerContract
 
-from ..helpers import GatedFetcher
+from ..helpers import FORGED_IDS, FORGED_WINDOWS, GatedFetcher, envelope_v1
+
+TAGS = frozenset({"t"})
+DUST = 1e-6
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def raw(redis_server: Any) -> AsyncIterator[Transport]:
-    """A bare transport to look at and tamper with what the layer stored."""
-    transport = Transport(parse_redis_url(redis_server.url), timeout=5.0)
-    async with anyio.create_task_group() as tasks:
-        await tasks.start(transport.run)
-        yield transport
-        tasks.cancel_scope.cancel()
 
 
 class TestRedisLayerContract(LayerContract):
@@ -203,7 +198,8 @@ async def test_unserializable_value_writes_no_layer(redis_server: Any, prefix: s
         b"",
         b"\xc1LC\x01\x01\x00\x05\x00",  # tag count beyond the data
         b"\xc1LC\x01\x01\x00\x00{broken json",
-        b"\xc1LC\x02\x01\x00\x00[]",  # unknown format version
+        b"\xc1LC\x02\x01\x00\x00[]",  # format version 2, its windows missing
+        b"\xc1LC\x03\x01\x00\x00[]",  # unknown format version
         b"\xc1LC\x01\x03\x00\x00" + pickle.dumps("pickled"),  # another serializer's id
         pickle.dumps(ZeroDivisionError),
     ],
@@ -220,6 +216,81 @@ async def test_undecodable_bytes_are_a_miss_and_get_deleted(
         assert layer.statistics().corrupt == 1
         # The bad bytes were replaced by the fetched value, not served or kept.
         assert await layer.get_many(["k"]) != {}
+
+
+# -- the envelope's freshness windows --------------------------------------------------
+
+
+async def test_a_record_reads_back_with_its_three_deadlines(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    layer = RedisLayer(url=redis_server.url, prefix=prefix)
+    async with CacheStack([layer], clock=FakeClock()):
+        written = Record.new(
+            layer.encode("w"), layer.clock(), 60.0, TAGS, stale=30.0, refresh_ahead=0.5
+        )
+        began = time.monotonic()
+        await layer.write_many({"k": written})
+        read = (await layer.get_many(["k"]))["k"]
+        took = time.monotonic() - began
+        assert (read.value, read.tags) == ("w", TAGS)
+        for got, wanted in (
+            (read.refresh_at, written.refresh_at),
+            (read.fresh_until, written.fresh_until),
+            (read.stale_until, written.stale_until),
+        ):
+            assert got is not None
+            assert wanted is not None
+            assert got <= wanted + DUST  # never fresher, never longer-lived
+            assert got >= wanted - 0.001 - took  # what Redis's clock moved on, at most
+        assert read.refresh_at is not None
+        assert read.fresh_until is not None
+        assert read.stale_until is not None
+        # The windows are whole milliseconds, exactly as written.
+        assert abs(read.stale_until - read.fresh_until - 30.0) < DUST
+        assert abs(read.fresh_until - read.refresh_at - 30.0) < DUST
+        assert await raw.call([("GETRANGE", f"{prefix}v:k", 7, 22)]) == [
+            struct.pack(">QQ", 30_000, 30_000)
+        ]
+        (left,) = await raw.call([("PTTL", f"{prefix}v:k")])
+        assert isinstance(left, int)
+        assert 85_000 < left <= 90_000  # the physical TTL
+
+
+async def test_a_value_of_the_previous_release_reads_as_fresh_for_its_ttl(
+    redis_server: Any, prefix: str, raw: Transport
+) -> None:
+    layer = RedisLayer(url=redis_server.url, prefix=prefix)
+    async with CacheStack([MemoryLayer(), layer], clock=FakeClock()) as cache:
+        await raw.call(
+            [
+                ("SET", f"{prefix}v:old", envelope_v1(b'"old"', "t"), "PX", 30_000),
+                ("SET", f"{prefix}v:forever", envelope_v1(b"[1]")),
+            ]
+        )
+        found = await layer.get_many(["old", "forever"])
+        old, forever = found["old"], found["forever"]
+        assert (old.value, old.tags) == ("old", TAGS)
+        assert old.refresh_at == old.fresh_until == old.stale_until
+        remaining = old.remaining(layer.clock())
+        assert remaining is not None
+        assert 25 < remaining <= 30
+        assert (forever.fresh_until, forever.stale_until, forever.refresh_at) == (None, None, None)
+        assert await cache.get_many(["old", "forever"]) == {"old": "old", "forever": [1]}
+        assert layer.statistics().corrupt == 0
+
+
+@pytest.mark.parametrize(("data", "ttl_ms"), FORGED_WINDOWS, ids=FORGED_IDS)
+async def test_forged_windows_are_corrupt_and_deleted(
+    redis_server: Any, prefix: str, raw: Transport, data: bytes, ttl_ms: int | None
+) -> None:
+    layer = RedisLayer(url=redis_server.url, prefix=prefix)
+    px = () if ttl_ms is None else ("PX", ttl_ms)
+    async with CacheStack([MemoryLayer(), layer]) as cache:
+        await raw.call([("SET", f"{prefix}v:k", data, *px)])
+        assert await cache.get("k", default="miss") == "miss"
+        assert layer.statistics().corrupt == 1
+        assert await raw.call([("EXISTS", f"{prefix}v:k")]) == [0]
 
 
 class _Explodes:

@@ -31,7 +31,7 @@ BOUND = 30.0
 TIMEOUT = 0.2
 """The writer's Redis layer timeout; the proxy delays replies well past it."""
 
-OPERATIONS = ["set", "set_many", "delete", "tag"]
+OPERATIONS = ["set", "set_many", "delete", "tag", "expire", "expire_by_tag"]
 MODES = ["strict", "graceful"]
 
 
@@ -60,6 +60,10 @@ async def _change(cache: CacheStack, operation: str) -> None:
         await cache.set_many({"price": 120, "other": 1}, tags=["prices"])
     elif operation == "delete":
         await cache.delete("price")
+    elif operation == "expire":
+        await cache.expire("price")  # no stale window: a delete where it is certain
+    elif operation == "expire_by_tag":
+        await cache.expire_by_tag("prices")
     else:
         await cache.invalidate_by_tag("prices")
 

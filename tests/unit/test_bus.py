@@ -6,6 +6,7 @@ real redis-server are in tests/integration/test_bus.py.
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import Any
 
@@ -29,6 +30,7 @@ from layercache._bus import (
     origin_marker,
     split_keys,
 )
+from layercache._invalidation import DropKeys, DropTag, ExpireKeys, ExpireTag, from_message
 from layercache._validation import MAX_KEY_LENGTH
 
 from ..helpers import BAD_DURATIONS
@@ -45,6 +47,8 @@ def test_messages_round_trip(secret: bytes | None) -> None:
         BusMessage("origin", "keys", ("a", "ключ", "x:y")),
         BusMessage("origin", "tag", tag="author:7"),
         BusMessage("origin", "clear"),
+        BusMessage("origin", "expire-keys", ("a", "ключ")),
+        BusMessage("origin", "expire-tag", tag="author:7"),
     ):
         assert decode(encode(message, secret), secret) == message
 
@@ -56,6 +60,8 @@ def test_a_stack_recognises_its_own_messages_without_decoding(secret: bytes | No
         BusMessage("a" * 32, "keys", ("k",)),
         BusMessage("a" * 32, "tag", tag="t"),
         BusMessage("a" * 32, "clear"),
+        BusMessage("a" * 32, "expire-keys", ("k",)),
+        BusMessage("a" * 32, "expire-tag", tag="t"),
     ):
         data = encode(message, secret)
         assert decode(data, secret, ours) is None
@@ -97,6 +103,45 @@ def test_garbage_is_malformed_or_oversized() -> None:
     assert _rejection(b"LCI1U" + bad_op, None) == "malformed"
 
 
+def _as_the_previous_release_reads_it(data: bytes) -> BusMessage:
+    """What a stack of the release before ``expire`` makes of a message: it takes the
+    operations ``keys``, ``tag`` and ``clear`` (anything else is malformed) and reads
+    the fields ``o``, ``op``, ``k`` and ``t`` only."""
+    fields = json.loads(data[len(b"LCI1U") :])
+    if fields["op"] not in ("keys", "tag", "clear"):
+        raise Rejected("malformed")
+    return BusMessage(fields["o"], fields["op"], tuple(fields["k"]), fields["t"])
+
+
+def test_an_expire_reaches_the_previous_release_as_its_drop() -> None:
+    # Rather than reject it and keep serving the entries as fresh, a peer that knows no
+    # expire drops them: coarser, never stale.
+    keys = encode(BusMessage("origin", "expire-keys", ("a", "b")), None)
+    assert isinstance(from_message(_as_the_previous_release_reads_it(keys)), DropKeys)
+    tag = encode(BusMessage("origin", "expire-tag", tag="t"), None)
+    older = from_message(_as_the_previous_release_reads_it(tag))
+    assert isinstance(older, DropTag)
+    assert older.tag == "t"
+    newer = decode(keys, None), decode(tag, None)
+    assert newer[0] is not None
+    assert newer[1] is not None
+    assert isinstance(from_message(newer[0]), ExpireKeys)
+    assert isinstance(from_message(newer[1]), ExpireTag)
+
+
+def test_a_mode_this_release_does_not_know_is_read_as_the_drop() -> None:
+    for body, expected in (
+        (b'{"o":"x","op":"keys","k":["a"],"t":null,"m":"later"}', BusMessage("x", "keys", ("a",))),
+        (b'{"o":"x","op":"tag","k":[],"t":"t","m":7}', BusMessage("x", "tag", tag="t")),
+        (b'{"o":"x","op":"clear","k":[],"t":null,"m":"expire"}', BusMessage("x", "clear")),
+    ):
+        assert decode(b"LCI1U" + body, None) == expected
+    no_tag = b'{"o":"x","op":"tag","k":[],"t":null,"m":"expire"}'
+    assert _rejection(b"LCI1U" + no_tag, None) == "malformed"
+    named = b'{"o":"x","op":"expire-keys","k":["a"],"t":null}'  # the name is not the wire's
+    assert _rejection(b"LCI1U" + named, None) == "malformed"
+
+
 def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
     assert _rejection(b"LCI1U" + b"[" * 5000, None) == "malformed"
 
@@ -110,9 +155,11 @@ def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
     ],
     ids=["non-ASCII", "control characters", "many short"],
 )
-def test_long_key_lists_are_split_within_the_bound(keys: list[str]) -> None:
-    messages = split_keys("origin", keys)
+@pytest.mark.parametrize("op", ["keys", "expire-keys"])
+def test_long_key_lists_are_split_within_the_bound(keys: list[str], op: str) -> None:
+    messages = split_keys("origin", keys, op)
     assert len(messages) > 1
+    assert {message.op for message in messages} == {op}
     assert [key for message in messages for key in message.keys] == keys
     assert all(len(encode(message, SECRET)) <= MAX_MESSAGE for message in messages)
 

@@ -143,6 +143,63 @@ async def test_two_memory_layers_backfill_with_remaining_ttl(clock: FakeClock) -
         assert await cache.invalidate_by_tag("t") == 3
 
 
+def _write_stale(layer: MemoryLayer, key: str, *tags: str) -> None:
+    """``key``: fresh for 60 s, then stale for 30 (refreshed ahead after 45)."""
+    now = layer.clock()
+    record = Record.new(key.upper(), now, 60, frozenset(tags), stale=30, refresh_ahead=0.75)
+    layer.write_many_nowait({key: record})
+
+
+def test_expire_keeps_the_stale_window_and_deletes_what_has_none(clock: FakeClock) -> None:
+    layer = _layer(clock)
+    _write_stale(layer, "windowed", "t")
+    _write(layer, "plain", 60, "t")
+    _write(layer, "forever")
+    clock.advance(10)
+    assert layer.expire_many_nowait(["windowed", "plain", "forever", "absent"]) == {
+        "windowed",
+        "plain",
+        "forever",
+    }
+    (entry,) = layer.get_many_nowait(["windowed", "plain", "forever"]).values()
+    now = clock()
+    assert entry.value == "WINDOWED"
+    assert (entry.refresh_at, entry.fresh_until, entry.stale_until) == (now, now, now + 30)
+    assert not entry.is_fresh(now)
+    assert layer.get_nowait("windowed") == "WINDOWED"  # still held: a read finds it, stale
+    assert layer.tag_count == 1  # the stale entry still carries its tag
+    stats = layer.statistics()
+    assert (stats.deletes, stats.size) == (2, 1)
+
+
+def test_expire_never_lengthens_what_is_left(clock: FakeClock) -> None:
+    layer = _layer(clock)
+    _write_stale(layer, "k")
+    clock.advance(80)  # stale already, 10 s left
+    assert layer.expire_many_nowait(["k"]) == {"k"}
+    entry = layer.get_many_nowait(["k"])["k"]
+    assert (entry.fresh_until, entry.stale_until) == (clock() - 20, clock() + 10)
+    clock.advance(10)
+    assert layer.expire_many_nowait(["k"]) == set()  # gone: found nothing
+    assert layer.statistics().expirations == 1
+
+
+def test_expire_by_tag_reaches_only_that_tag(clock: FakeClock) -> None:
+    layer = _layer(clock)
+    _write_stale(layer, "a", "t", "u")
+    _write(layer, "b", 60, "t", "u")
+    _write_stale(layer, "c", "u")
+    assert layer.expire_tag_nowait("t") == {"a", "b"}
+    assert layer.expire_tag_nowait("absent") == set()
+    found = layer.get_many_nowait(["a", "b", "c"])
+    assert set(found) == {"a", "c"}
+    assert not found["a"].is_fresh(clock())
+    assert found["c"].is_fresh(clock())
+    assert layer.expire_tag_nowait("t") == {"a"}  # kept stale, it still carries the tag
+    assert layer.invalidate_tag_nowait("u") == {"a", "c"}
+    assert layer.tag_count == 0
+
+
 @pytest.mark.parametrize(("bad", "error"), BAD_DURATIONS)
 def test_sweep_interval_is_checked(bad: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match="sweep_interval"):

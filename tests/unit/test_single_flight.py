@@ -239,7 +239,7 @@ async def test_fetcher_sees_the_callers_context_variables() -> None:
         assert await cache.get("k", fetch) == "req-1"
 
 
-@pytest.mark.parametrize("change", ["set", "delete", "tag", "clear"])
+@pytest.mark.parametrize("change", ["set", "delete", "tag", "expire", "expire tag", "clear"])
 async def test_a_change_during_a_load_is_not_overwritten_by_it(change: str) -> None:
     fetcher = GatedFetcher(value="old")
     results: list[object] = []
@@ -257,6 +257,10 @@ async def test_a_change_during_a_load_is_not_overwritten_by_it(change: str) -> N
                 await cache.delete("k")
             elif change == "tag":
                 await cache.invalidate_by_tag("t")
+            elif change == "expire":
+                assert await cache.expire("k") == 0  # nothing stored yet, and yet a fence
+            elif change == "expire tag":
+                assert await cache.expire_by_tag("t") == 0
             else:
                 await cache.clear()
             fetcher.open()

@@ -2,7 +2,8 @@
 
 Hypothesis runs random sequences of ``set``, ``set_many``, ``delete``, ``delete_many``,
 ``get`` (with and without a fetcher, with a fetcher that fails), ``get_many``,
-``invalidate_by_tag``, ``clear`` and clock moves, and checks every answer and the
+``invalidate_by_tag``, ``expire_many`` and ``expire_by_tag`` (deletes here: the stack
+writes no stale windows), ``clear`` and clock moves, and checks every answer and the
 statistics against a plain-Python model of the layer. The synchronous state machine
 drives the stack through an anyio blocking portal, once on asyncio and once on trio.
 Time moves only through :class:`~layercache.testing.FakeClock`.
@@ -132,6 +133,10 @@ class Model:
         for key in keys:
             self.entries.pop(key, None)
 
+    def live(self, key: str) -> bool:
+        entry = self.entries.get(key)
+        return entry is not None and not self.expired(entry)
+
     def stored_with_tag(self, tag: str) -> list[str]:
         return [key for key, entry in self.entries.items() if tag in entry.tags]
 
@@ -217,6 +222,20 @@ class CacheMachine(RuleBasedStateMachine):
         assert count == len(live), (count, live, stored)
         self.model.delete(stored)
         assert self.call(lambda: self.cache.invalidate_by_tag(tag)) == 0
+
+    @rule(keys=KEY_LISTS)
+    def expire_many(self, keys: list[str]) -> None:
+        unique = list(dict.fromkeys(keys))
+        live = [key for key in unique if self.model.live(key)]
+        assert self.call(lambda: self.cache.expire_many(keys)) == len(live)
+        self.model.delete(unique)  # no stale windows: expired ones still stored go too
+
+    @rule(tag=TAGS)
+    def expire_by_tag(self, tag: str) -> None:
+        live = self.model.live_with_tag(tag)
+        stored = self.model.stored_with_tag(tag)
+        assert self.call(lambda: self.cache.expire_by_tag(tag)) == len(live)
+        self.model.delete(stored)
 
     @rule()
     def clear(self) -> None:
