@@ -276,7 +276,7 @@ async def test_refresh_ahead_serves_the_fresh_value_and_refreshes_once(clock: Fa
 
 async def test_a_change_during_a_refresh_keeps_its_result_out(clock: FakeClock) -> None:
     async with CacheStack([MemoryLayer()], clock=clock, freshness=SWR) as cache:
-        for change in ("set", "delete", "tag", "clear"):
+        for change in ("set", "delete", "tag", "clear", "expire"):
             await cache.set("k", "old", ttl=10, tags=["t"])
             clock.advance(15)
             fetch = GatedFetcher("refreshed")
@@ -288,13 +288,16 @@ async def test_a_change_during_a_refresh_keeps_its_result_out(clock: FakeClock) 
                 await cache.delete("k")
             elif change == "tag":
                 await cache.invalidate_by_tag("t")
+            elif change == "expire":
+                await cache.expire("k")
+                assert not cache._parts.single_flight.serving  # its grant went too
             else:
                 await cache.clear()
             fetch.open()
             await anyio.wait_all_tasks_blocked()
             expected = "changed" if change == "set" else None
             assert await cache.get("k") == expected, change
-        assert cache.statistics().stale_loads == 4
+        assert cache.statistics().stale_loads == 5
 
 
 async def test_background_refreshes_are_capped(
