@@ -14,11 +14,12 @@ from ._redis._address import parse_redis_url
 # The help text is plain: argparse prints it as it is (no reST markup).
 DESCRIPTION = 'The layercache command line (also run as "python -m layercache").'
 DEMO_DESCRIPTION = (
-    "Replay the four incidents layercache prevents (a stampede, Redis down, stale L1 "
-    "across instances, TTL as the only invalidation tool), measuring each without and "
-    "with its protection, then print a summary table. Runs on an embedded "
+    "Replay the five incidents layercache prevents (a stampede, Redis down, stale L1 "
+    "across instances, TTL as the only invalidation tool, the database dying) and the "
+    "trade-off a short TTL forces (a hot key across its expiry), measuring each without "
+    "and with its protection, then print a summary table. Runs on an embedded "
     "Redis-protocol server unless --redis-url is given; the demo's keys go under a prefix "
-    "of their own and are removed afterwards."
+    "of their own and are removed afterwards. About ten seconds."
 )
 EXIT_STATUS = """\
 exit status:
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     demo = commands.add_parser(
         "demo",
-        help="replay four cache incidents, each without and with layercache",
+        help="replay five cache incidents and the TTL trade-off, without and with layercache",
         description=DEMO_DESCRIPTION,
         epilog=EXIT_STATUS,
         formatter_class=_HelpFormatter,

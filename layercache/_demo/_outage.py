@@ -130,7 +130,7 @@ def through_proxy(redis_url: str, proxy_port: int) -> str:
 
 async def redis_down(redis_url: str) -> list[Result]:
     say(
-        f"[2/4] Redis down: a proxy in front of Redis fails; {HOT_KEYS + COLD_KEYS} requests "
+        f"[2/6] Redis down: a proxy in front of Redis fails; {HOT_KEYS + COLD_KEYS} requests "
         f"follow ({HOT_KEYS} in L1, {COLD_KEYS} need Redis)"
     )
     say(

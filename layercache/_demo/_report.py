@@ -6,9 +6,10 @@ function: the verdict is computed from what was measured, never written in.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -45,7 +46,10 @@ def say(line: str = "") -> None:
 
 
 def duration(seconds: float) -> str:
-    """``0.21 ms``, ``1.2 ms``, ``52 ms``, ``2.5 s``, ``60 s``: as many digits as are useful."""
+    """``1.4 µs``, ``0.21 ms``, ``1.2 ms``, ``52 ms``, ``2.5 s``, ``60 s``: as many digits
+    as are useful."""
+    if seconds < 0.00001:
+        return f"{seconds * 1_000_000:.1f} µs"
     if seconds >= 10:
         return f"{seconds:.0f} s"
     if seconds >= 1:
@@ -74,6 +78,63 @@ async def poll_until(condition: Callable[[], Awaitable[bool]], deadline: float) 
             await anyio.sleep(POLL_INTERVAL)
         return time.perf_counter() - started
     return None
+
+
+@dataclass
+class Traffic:
+    """What a crowd of steady readers saw: how long each call took (served or failed),
+    and how many failed."""
+
+    seconds: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def calls(self) -> int:
+        return len(self.seconds)
+
+    @property
+    def longest(self) -> float:
+        return max(self.seconds, default=0.0)
+
+    def percentile(self, percent: float) -> float:
+        """The smallest call time that ``percent`` % of the calls took at most."""
+        ordered = sorted(self.seconds)
+        if not ordered:
+            return 0.0
+        return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+
+
+async def steady_traffic(
+    readers: int, seconds: float, pace: float, call: Callable[[int, int], Awaitable[object]]
+) -> Traffic:
+    """``readers`` tasks, each awaiting ``call(reader, n)`` for its n-th call and then
+    pausing ``pace`` seconds, until ``seconds`` have passed since the start (a call under
+    way then is waited for, and counted). Reader ``i`` starts ``i * pace / readers`` in,
+    so the calls arrive evenly spread, as a service's requests do, not in waves.
+
+    The pause is the traffic's own rhythm: a reader that never paused would never yield
+    to the others while the memory layer answers it (a hit does not await anything).
+    """
+    traffic = Traffic()
+    deadline = time.perf_counter() + seconds
+
+    async def reader(index: int) -> None:
+        await anyio.sleep(index * pace / readers)
+        n = 0
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                await call(index, n)
+            except Exception:
+                traffic.errors += 1
+            traffic.seconds.append(time.perf_counter() - started)
+            n += 1
+            await anyio.sleep(pace)
+
+    async with anyio.create_task_group() as crowd:
+        for index in range(readers):
+            crowd.start_soon(reader, index)
+    return traffic
 
 
 def summary_table(results: Sequence[Result]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Run the four scenarios against one Redis, then print the summary and the verdict."""
+"""Run the six scenarios (the first four against one Redis), then print the summary and
+the verdict."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import anyio
 from .._redis._address import parse_redis_url
 from .._redis_layer import RedisLayer
 from .._stack import CacheStack
+from ._expiry import ttl_tradeoff
+from ._failsafe import database_dies
 from ._outage import redis_down
 from ._report import Result, say, summary_table
 from ._stacks import new_prefix
@@ -23,10 +26,12 @@ from ._tags import tag_invalidation
 def run_demo(
     backend: str, callers: int, origin_latency: float, redis_url: str | None = None
 ) -> int:
-    """Replay the four incidents on ``backend``; return the exit status (0: all passed).
+    """Replay the five incidents and the TTL trade-off on ``backend``; return the exit
+    status (0: all passed).
 
     Uses an embedded Redis-protocol server unless ``redis_url`` is given; the demo's keys
-    live under a prefix of their own and are removed afterwards.
+    live under a prefix of their own and are removed afterwards. The last two scenarios
+    are about the origin and run on memory-only stacks.
     """
     with ExitStack() as resources:
         if redis_url is None:
@@ -42,8 +47,8 @@ def run_demo(
             url = redis_url
             where = f"the Redis at {parse_redis_url(url).display()}"
         say(f"layercache demo on {backend}, against {where}")
-        say("Four incidents that hit every memory + Redis cache, each measured without and")
-        say("with layercache's protection.")
+        say("Five incidents that hit every memory + Redis cache, and the trade-off a short TTL")
+        say("forces, each measured without and with layercache's protection.")
         if redis_url is None:
             say("(The embedded server is much slower than Redis, its pub/sub above all:")
             say("pass --redis-url for a real server's latencies.)")
@@ -72,7 +77,10 @@ def run_demo(
         passed = len(results) - len(skipped)
         say(f"OK: {passed} checks passed, {len(skipped)} could not run here.")
     else:
-        say(f"OK: all {len(results)} checks passed; layercache prevented the four incidents.")
+        say(
+            f"OK: all {len(results)} checks passed; layercache prevented the five incidents, "
+            "and a short TTL kept no caller waiting."
+        )
     return 0
 
 
@@ -82,6 +90,9 @@ async def _scenarios(redis_url: str, callers: int, origin_latency: float) -> lis
         results += await _guarded("2 Redis down", redis_down(redis_url))
     results += await _guarded("3 stale L1", stale_l1(redis_url))
     results += await _guarded("4 tag invalidation", tag_invalidation(redis_url))
+    with _quiet("layercache"):  # the dead database makes the stack log warnings, on purpose
+        results += await _guarded("5 database dies", database_dies())
+    results += await _guarded("6 TTL trade-off", ttl_tradeoff())
     return results
 
 

@@ -62,7 +62,7 @@ class StaleFigures:
 
 
 async def stale_l1(redis_url: str) -> Result:
-    say(f"[3/4] Stale L1 across instances: A and B both hold {KEY} in L1, then A updates it")
+    say(f"[3/6] Stale L1 across instances: A and B both hold {KEY} in L1, then A updates it")
     reads, stale, ttl_left = await _without_bus(redis_url)
     ttl = "" if ttl_left is None else f" (L1 TTL left: {duration(ttl_left)})"
     say(

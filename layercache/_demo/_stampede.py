@@ -142,7 +142,7 @@ async def _crowd(callers: int, origin: Origin, call: Callable[[], Awaitable[obje
 
 async def stampede(redis_url: str, callers: int, origin_latency: float) -> Result:
     say(
-        f"[1/4] Stampede: {callers} concurrent callers on each of two instances, A and B, "
+        f"[1/6] Stampede: {callers} concurrent callers on each of two instances, A and B, "
         "ask for one expired key"
     )
     say(

@@ -84,7 +84,7 @@ class Database:
 
 async def tag_invalidation(redis_url: str) -> Result:
     say(
-        f"[4/4] Tag invalidation: {ARTICLES} articles by {TAG} cached on A and read on B, "
+        f"[4/6] Tag invalidation: {ARTICLES} articles by {TAG} cached on A and read on B, "
         "then the author's"
     )
     say("      name changes (both instances on the invalidation bus)")

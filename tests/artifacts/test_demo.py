@@ -1,4 +1,5 @@
-"""The README's first command: ``python -m layercache demo`` replays the four incidents.
+"""The README's first command: ``python -m layercache demo`` replays the five incidents
+and the TTL trade-off.
 
 The demo runs in-process through ``main`` on asyncio and on trio, against the embedded
 server and against a real redis-server, and the tests read its exit status and the
@@ -19,8 +20,8 @@ import redis
 
 from layercache.__main__ import main
 from layercache._demo import _run
+from layercache._demo._failsafe import FailSafeFigures, Side
 from layercache._demo._report import Result
-from layercache._demo._stale import StaleFigures
 from layercache.testing import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -40,14 +41,15 @@ def summary_row(out: str, incident: str) -> str:
 
 
 def assert_every_incident_prevented(out: str) -> None:
-    """The figures the demo measured say what the four incidents and their cures are."""
+    """The figures the demo measured say what the five incidents, the TTL trade-off and
+    their cures are."""
     # 1: every caller without a cache queries the origin; with it, one query in all,
     # and every caller of an instance gets the same object.
     assert f"without a cache:         A {CALLERS} origin queries" in out
     per_instance = out.split("memory + Redis:")[1].split("+ the coordinator:")[0]
     assert per_instance.count(f"{CALLERS} callers got 1 distinct object") == 2
     assert per_instance.count("1 origin query,") + per_instance.count("0 origin queries,") == 2
-    coordinated = out.split("+ the coordinator:")[1].split("[2/4]")[0]
+    coordinated = out.split("+ the coordinator:")[1].split("[2/6]")[0]
     assert coordinated.count(f"{CALLERS} callers got 1 distinct object") == 2
     assert coordinated.count("1 origin query,") == 1
     assert coordinated.count("0 origin queries,") == 1
@@ -75,9 +77,27 @@ def assert_every_incident_prevented(out: str) -> None:
     assert "then 0/100 reads on A and 0/100 on B stale" in out
     row = summary_row(out, "4 tag invalidation")
     assert re.search(r"200/200 reads stale, TTL \d+ s +0/200 stale, 100 keys gone", row), row
-    assert out.count("PASS") == 5
+    # 5: without fail-safe calls fail and wait for the hung database; with it none fails.
+    match = re.search(
+        r"without fail-safe: calls (\d+)/(\d+) failed, longest wait ([\d.]+ m?s)", out
+    )
+    assert match is not None, out
+    assert int(match[1]) > 0, out
+    assert match[3].endswith(" s"), out  # seconds: the hang, not milliseconds
+    assert re.search(r"with fail-safe: +calls 0/\d+ failed, longest wait [\d.]+ ms, ", out), out
+    assert re.search(r"\(\d+ stale answers\)", out.split("with fail-safe:")[1]), out
+    row = summary_row(out, "5 database dies")
+    assert re.search(r"[1-9]\d*/\d+ failed, .* +0/\d+ failed, longest wait [\d.]+ ms, ", row), row
+    # 6: without freshness the readers wait for the origin; with it, one query per expiry.
+    tradeoff = out.split("[6/6]")[1]
+    assert re.search(
+        r"without freshness: +p50 [\d.]+ (µs|ms), p99 \d+ ms, [12] origin quer", tradeoff
+    )
+    assert re.search(r"stale-while-revalidate: +p50 .*, [1-3] origin quer", tradeoff), tradeoff
+    assert re.search(r"refresh-ahead \(0.5\): +p50 .*, [1-6] origin quer", tradeoff), tradeoff
+    assert out.count("PASS") == 7
     assert "FAIL" not in out
-    assert "OK: all 5 checks passed" in out
+    assert "OK: all 7 checks passed" in out
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -107,39 +127,42 @@ def test_demo_on_a_unix_socket_skips_the_proxy_scenario(
     assert code == 0, out
     assert re.search(r"2 Redis down +not run +not run +SKIP", out), out
     assert "SKIPPED 2 Redis down: the fault proxy needs a Redis on TCP" in out
-    assert out.count("PASS") == 3
-    assert "OK: 3 checks passed, 1 could not run here." in out
+    assert out.count("PASS") == 5
+    assert "OK: 5 checks passed, 1 could not run here." in out
 
 
 def test_a_failing_scenario_fails_the_demo(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def stale_bus(redis_url: str) -> Result:
-        return StaleFigures(25, 25, 60.0, None, 0).result()
+    async def hung_failsafe() -> Result:  # a cache whose callers waited for the hang
+        without = Side(700, 310, 2.0, 90, stale=0)
+        return FailSafeFigures(without, Side(1200, 0, 1.9, 31, stale=800)).result()
 
-    monkeypatch.setattr(_run, "stale_l1", stale_bus)
+    monkeypatch.setattr(_run, "database_dies", hung_failsafe)
     code, out = run(capsys, *FAST)
     assert code == 1, out
     assert re.search(
-        r"3 stale L1 +B stale in 25/25 reads \(L1 TTL 60 s\) +B never fresh +FAIL", out
+        r"5 database dies +310/700 failed, longest wait 2.0 s, 90 queries +0/1200 failed, "
+        r"longest wait 1.9 s, 31 queries +FAIL",
+        out,
     )
-    assert "FAILED 3 stale L1: with the bus B still served the old value" in out
-    assert "1 of 5 checks failed." in out
-    assert out.count("PASS") == 4  # the others ran and passed
+    assert "FAILED 5 database dies: with fail-safe a call waited 1.9 s" in out
+    assert "1 of 7 checks failed." in out
+    assert out.count("PASS") == 6  # the others ran and passed
 
 
 def test_a_scenario_that_raises_fails_and_the_others_run(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def broken(redis_url: str) -> Result:
-        raise ExceptionGroup("demo", [RuntimeError("the tag index is gone")])
+    async def broken() -> Result:
+        raise ExceptionGroup("demo", [RuntimeError("the origin is gone")])
 
-    monkeypatch.setattr(_run, "tag_invalidation", broken)
+    monkeypatch.setattr(_run, "ttl_tradeoff", broken)
     code, out = run(capsys, *FAST)
     assert code == 1, out
-    assert "stopped by RuntimeError: the tag index is gone" in out
-    assert "FAILED 4 tag invalidation: raised RuntimeError: the tag index is gone" in out
-    assert out.count("PASS") == 4
+    assert "stopped by RuntimeError: the origin is gone" in out
+    assert "FAILED 6 TTL trade-off: raised RuntimeError: the origin is gone" in out
+    assert out.count("PASS") == 6
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ tests/artifacts/test_demo.py.
 
 from __future__ import annotations
 
+from layercache._demo._expiry import ExpiryFigures, Readers
+from layercache._demo._failsafe import FailSafeFigures, Side, phase_at
 from layercache._demo._outage import Burst, OutageFigures, through_proxy
-from layercache._demo._report import Result, duration, summary_table
+from layercache._demo._report import Result, Traffic, duration, summary_table
 from layercache._demo._stale import StaleFigures
 from layercache._demo._stampede import Crowd, StampedeFigures
 from layercache._demo._tags import TagFigures
@@ -85,6 +87,77 @@ def test_tag_verdict() -> None:
     assert not not_delivered.passed
 
 
+def side(errors: int, longest: float, calls: int = 700, queries: int = 90) -> Side:
+    return Side(calls, errors, longest, queries, stale=0)
+
+
+def test_database_dies_verdict() -> None:
+    without = side(errors=310, longest=2.0)
+    good = FailSafeFigures(without, side(errors=0, longest=0.101, calls=1200, queries=31))
+    assert good.result().problems == ()
+    assert (good.result().without, good.result().with_) == (
+        "310/700 failed, longest wait 2.0 s, 90 queries",
+        "0/1200 failed, longest wait 101 ms, 31 queries",
+    )
+    failed = FailSafeFigures(without, side(errors=3, longest=0.1)).result()
+    assert failed.problems == ("with fail-safe 3 of 700 calls failed, expected none",)
+    waited = FailSafeFigures(without, side(errors=0, longest=1.9)).result()
+    assert waited.problems == (
+        "with fail-safe a call waited 1.9 s, expected less than 500 ms (hard_timeout is 100 ms)",
+    )
+    # A database that never failed, or never hung, did not reproduce the incident.
+    healthy = FailSafeFigures(side(errors=0, longest=0.02), side(errors=0, longest=0.02))
+    assert healthy.result().problems == (
+        "without fail-safe no call failed: the failure was not reproduced",
+        "without fail-safe the longest call took 20 ms: the hang was not reproduced",
+    )
+
+
+def test_the_database_timeline() -> None:
+    assert [phase_at(t) for t in (0.0, 0.49, 0.5, 0.99, 1.0, 2.99, 3.0)] == [
+        "healthy",
+        "healthy",
+        "failing",
+        "failing",
+        "hanging",
+        "hanging",
+        "recovered",
+    ]
+
+
+def readers(p99: float, queries: int = 2, lives: int = 3, errors: int = 0) -> Readers:
+    return Readers(p50=0.000002, p99=p99, queries=queries, lives=lives, stale=0, errors=errors)
+
+
+def test_ttl_tradeoff_verdict() -> None:
+    without = readers(0.101)
+    good = ExpiryFigures(without, readers(0.0006), readers(0.00007, queries=3, lives=6))
+    assert good.result().problems == ()
+    assert good.result().with_ == "p99 0.60 ms SWR, 0.07 ms ahead; 2 and 3 queries"
+    waited = ExpiryFigures(without, readers(0.09), readers(0.00007, queries=3, lives=6)).result()
+    assert waited.problems == (
+        "with stale-while-revalidate the p99 was 90 ms, expected under 20 ms: callers waited "
+        "for the origin",
+    )
+    stampede = ExpiryFigures(without, readers(0.0006, queries=100), readers(0.0001)).result()
+    assert stampede.problems == (
+        "with stale-while-revalidate the origin was queried 100 times in 3 entry lives, "
+        "expected at most one per life",
+    )
+    no_wait = ExpiryFigures(readers(0.0001), readers(0.0001), readers(0.0001, errors=2)).result()
+    assert no_wait.problems == (
+        "without freshness the p99 was 0.10 ms: the wait for the origin was not reproduced",
+        "2 calls failed, expected none",
+    )
+
+
+def test_traffic_percentiles() -> None:
+    traffic = Traffic([0.001 * n for n in range(1, 101)])
+    assert (traffic.calls, traffic.percentile(50), traffic.percentile(99)) == (100, 0.05, 0.099)
+    assert traffic.longest == 0.1
+    assert (Traffic().percentile(99), Traffic().longest) == (0.0, 0.0)
+
+
 def test_summary_table_lines_up() -> None:
     lines = summary_table(
         [Result("1 a", "x", "yy"), Result("2 bbb", "xxx", "y", ("broken",)), Result("3 c", "", "")]
@@ -97,7 +170,8 @@ def test_summary_table_lines_up() -> None:
 
 
 def test_durations_keep_the_useful_digits() -> None:
-    assert [duration(s) for s in (0.00008, 0.0012, 0.052, 0.2016, 2.51, 299.94)] == [
+    assert [duration(s) for s in (0.0000014, 0.00008, 0.0012, 0.052, 0.2016, 2.51, 299.94)] == [
+        "1.4 µs",
         "0.08 ms",
         "1.2 ms",
         "52 ms",
