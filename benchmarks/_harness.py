@@ -10,7 +10,8 @@
 - :func:`take_turns`: one round of interleaved runs, each contender in turn, the order
   rotating from round to round so that no contender always follows the same one.
 - :func:`side_by_side`: the usual table, a row per contender and the backends side by
-  side, each figure with layercache's speed-up next to it.
+  side, each figure with layercache's speed-up next to it; :func:`per_backend`, the same
+  with cells of the benchmark's own.
 - :func:`render_text` and :func:`render_markdown`: a :class:`_results.Table` for the
   terminal and for docs/performance.md. :func:`measure_and_print` runs a benchmark and
   prints its report by rendering the tables the page shows, so what a script prints on
@@ -234,6 +235,18 @@ async def mean_ns(call: Callable[[K], Awaitable[object]], arguments: Sequence[K]
     return (time.perf_counter_ns() - start) / len(arguments)
 
 
+async def mean_ns_fetching(
+    get: Callable[[K, T], Awaitable[object]], keys: Sequence[K], fetcher: T
+) -> float:
+    """:func:`mean_ns` of ``get(key, fetcher)``: a cache's read with a fetcher, called as
+    a caller calls it (a partial around ``get`` would add its own cost to every figure,
+    and bring their ratios closer to 1)."""
+    start = time.perf_counter_ns()
+    for key in keys:
+        await get(key, fetcher)
+    return (time.perf_counter_ns() - start) / len(keys)
+
+
 # -- tables -------------------------------------------------------------------------------
 
 
@@ -245,9 +258,31 @@ def side_by_side(
     columns: tuple[str, str],
     figure: Callable[[Samples], str],
     note: str,
+    reference: str = LAYERCACHE,
 ) -> Table:
-    """A row per contender of ``kind``: its ``figure`` and layercache's speed-up over it
-    (``columns`` names the two), asyncio and trio side by side."""
+    """A row per contender of ``kind``: its ``figure`` and the ``reference`` contender's
+    speed-up over it (``columns`` names the two), asyncio and trio side by side."""
+
+    def cells(name: str, backend: str) -> list[str]:
+        samples = find(measured, name, backend, kind)
+        ours = find(measured, reference, backend, kind)
+        return [figure(samples), f"{speedup(ours, samples):.2f}x"]
+
+    return per_backend(title, contenders, measured, kind, columns, cells, note)
+
+
+def per_backend(
+    title: str,
+    contenders: Sequence[Contender[Any, Any]],
+    measured: Sequence[Samples],
+    kind: str,
+    columns: Sequence[str],
+    cells: Callable[[str, str], Sequence[str]],
+    note: str,
+) -> Table:
+    """A row per contender of ``kind``: ``cells(name, backend)`` under ``columns``, asyncio
+    and trio side by side; "does not run" where it did not start, with the error it
+    raised in the note."""
     rows: list[tuple[str, ...]] = []
     errors: dict[str, str] = {}
     for contender in contenders:
@@ -257,17 +292,16 @@ def side_by_side(
         for backend in BACKENDS:
             samples = find(measured, contender.name, backend, kind)
             if samples.unsupported is not None:
-                row += ["does not run", "-"]
+                row += ["does not run", *["-"] * (len(columns) - 1)]
                 errors.setdefault(backend, samples.unsupported)
                 continue
-            reference = find(measured, LAYERCACHE, backend, kind)
-            row += [figure(samples), f"{speedup(reference, samples):.2f}x"]
+            row += cells(contender.name, backend)
         rows.append(tuple(row))
     for backend, error in errors.items():
         note += f" On {backend}, the peers that do not run raise `{error}`."
     header = ["implementation", "note"]
     for backend in BACKENDS:
-        header += [f"{backend} {columns[0]}", f"{backend} {columns[1]}"]
+        header += [f"{backend} {column}" for column in columns]
     return Table(title, tuple(header), tuple(rows), note)
 
 

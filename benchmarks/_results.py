@@ -65,6 +65,22 @@ TARGETS = (
         "median delivery ≤ 1.5x a raw PUBLISH→subscriber round trip",
     ),
     Target("memory", "memory", "≤ 300 bytes of overhead per small L1 entry at 100 000 entries"),
+    Target("stale-hit", "stale or refresh-ahead hit", "≤ 1.2x a fresh L1 hit"),
+    Target(
+        "expiry",
+        "a hot key across its expiry, 200 concurrent readers",
+        "with stale-while-revalidate no caller waits for the origin: p99 ≤ 5x a fresh-hit p99",
+    ),
+    Target(
+        "origin-down-errors",
+        "origin down 10 s, stale-if-error on",
+        "0 caller errors for keys seen before",
+    ),
+    Target(
+        "origin-down-calls",
+        "origin down 10 s, stale-if-error on",
+        "origin calls ≤ 1 per key per `error_backoff`",
+    ),
 )
 TARGET_IDS = frozenset(target.id for target in TARGETS)
 

@@ -27,6 +27,7 @@ SECTIONS = (
     "## Redis (L2)",
     "## Cross-instance invalidation",
     "## A slow Redis: strict vs graceful degradation",
+    "## Freshness: stale and early hits, a hot key's expiry, the origin down",
     "## Methodology",
 )
 DESIGN_TARGETS = (
@@ -40,6 +41,10 @@ DESIGN_TARGETS = (
     "4 processes x 100 callers with the coordinator → 1 fetch",
     "median delivery ≤ 1.5x a raw PUBLISH→subscriber",
     "≤ 300 bytes of overhead per small L1 entry",
+    "stale or refresh-ahead hit: ≤ 1.2x a fresh L1 hit",
+    "a hot key across its expiry, 200 concurrent readers: with stale-while-revalidate",
+    "origin down 10 s, stale-if-error on: 0 caller errors for keys seen before",
+    "origin down 10 s, stale-if-error on: origin calls ≤ 1 per key per `error_backoff`",
 )
 
 
@@ -91,6 +96,10 @@ def test_quick_report_writes_every_section_and_a_verdict_per_target(tmp_path: Pa
         ("## Redis (L2)", "coredis GET + loads"),
         ("## Cross-instance invalidation", "memory + bus"),
         ("## A slow Redis: strict vs graceful degradation", "cold miss"),
+        (
+            "## Freshness: stale and early hits, a hot key's expiry, the origin down",
+            "cashews @cache.early",
+        ),
     ):
         section = _section(page, heading)
         assert "did not run" not in section, section[:2000]
