@@ -88,10 +88,12 @@ class Freshness:
         stale_if_error)``."""
         return max(self.stale_while_revalidate, self.stale_if_error)
 
-    def fresh_ttl(self, ttl: float | None, value: object, draw: float) -> float | None:
-        """The fresh TTL to store ``value`` with: ``negative_ttl`` for None, shortened
-        by ``jitter * draw`` (a draw in [0, 1))."""
-        if value is None and self.negative_ttl is not None:
+    def fresh_ttl(
+        self, ttl: float | None, value: object, draw: float, fetched: bool = True
+    ) -> float | None:
+        """The fresh TTL to store ``value`` with: ``negative_ttl`` for a fetched None,
+        shortened by ``jitter * draw`` (a draw in [0, 1))."""
+        if value is None and fetched and self.negative_ttl is not None:
             ttl = self.negative_ttl
         if ttl is None or not self.jitter:
             return ttl

@@ -51,15 +51,16 @@ class Layer(ABC):
         tags: frozenset[str] = NO_TAGS,
         freshness: Freshness = NO_FRESHNESS,
         draw: float = 0.0,
+        fetched: bool = False,
     ) -> Record:
         """This layer's record of a new ``value`` written at ``now`` with fresh ``ttl``
         (None: this layer's default), aged by ``freshness``: its stale window and
-        refresh-ahead point, ``negative_ttl`` for a None, ``jitter * draw`` (a
+        refresh-ahead point, ``negative_ttl`` for a ``fetched`` None, ``jitter * draw`` (a
         random draw in [0, 1) shared by the write's layers) off the fresh TTL.
 
         :raises SerializationError: the layer cannot encode the value.
         """
-        fresh = freshness.fresh_ttl(self.ttl if ttl is None else ttl, value, draw)
+        fresh = freshness.fresh_ttl(self.ttl if ttl is None else ttl, value, draw, fetched)
         return Record.new(
             self.encode(value),
             now,
@@ -70,8 +71,9 @@ class Layer(ABC):
         )
 
     def backfill(self, found: Record, now: float) -> Record:
-        """This layer's copy of ``found``, a record read from a slower layer: never
-        living longer than it has left there, nor than this layer's own TTL."""
+        """This layer's copy of ``found``, a record read from a slower layer: fresh no
+        longer than there, nor than this layer's own TTL, then stale for the same
+        window (so never living longer than there)."""
         until = None if self.ttl is None else now + self.ttl
         return found.capped(self.encode(found.value), until)
 

@@ -75,13 +75,9 @@ class LoadPath:
         tally = self._tally
         local = self._reads.read_local(key)
         if local is not None:
-            record, name = local
-            worth = judge(record, self._parts.clock(), freshness)
-            if worth is Worth.FRESH or worth is Worth.EARLY:
-                tally.layer_hits[name] += 1
-                if worth is Worth.EARLY and fetcher is not None:
-                    self._refresh_ahead(key, fetcher, ttl, tags, freshness)
-                return record.value
+            value = self._from_local(local, key, fetcher, ttl, tags, freshness)
+            if value is not MISSING:
+                return value
         if fetcher is None and not self._parts.remote:
             tally.misses += 1
             return default
@@ -103,6 +99,33 @@ class LoadPath:
             tally.layer_hits[source] += 1
             tally.stale_hits += stale
         return default if value is MISSING else value
+
+    def _from_local(
+        self,
+        local: Candidate,
+        key: str,
+        fetcher: Fetcher | None,
+        ttl: TTL,
+        tags: frozenset[str],
+        freshness: Freshness,
+    ) -> object:
+        """The answer of the entry a local layer in front has, if it answers (counted);
+        ``MISSING``: the key's load decides."""
+        record, name = local
+        now = self._parts.clock()
+        worth = judge(record, now, freshness)
+        if worth is Worth.FRESH or worth is Worth.EARLY:
+            self._tally.layer_hits[name] += 1
+            if worth is Worth.EARLY and fetcher is not None:
+                self._refresh_ahead(key, fetcher, ttl, tags, freshness)
+            return record.value
+        if fetcher is None or worth is Worth.NONE or not self._parts.backoff.active(key, now):
+            return MISSING
+        # The origin rests after a failure: what memory has answers, without a load
+        # (nobody refreshes the key meanwhile, nor looks for a newer copy in Redis).
+        self._tally.layer_hits[name] += 1
+        self._tally.stale_hits += 1
+        return record.value
 
     async def _answer_of(self, flight: Flight, yields: bool) -> Outcome:
         if not flight.reply.done:

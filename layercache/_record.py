@@ -77,20 +77,21 @@ class Record:
         return early is not None and early <= now
 
     def capped(self, value: object, until: float | None) -> Record:
-        """This record with ``value``, living no later than ``until`` (None: no cap)."""
+        """This record with ``value``, fresh no later than ``until`` (None: no cap),
+        keeping its stale window after that (a copy into a layer with a shorter TTL: it
+        can still serve stale there, and never lives longer than here)."""
         if until is None:
             if value is self.value:
                 return self
             return Record(
                 value, self.fresh_until, self.stale_until, self.tags, refresh_at=self.refresh_at
             )
-        return Record(
-            value,
-            _earlier(self.fresh_until, until),
-            _earlier(self.stale_until, until),
-            self.tags,
-            refresh_at=_earlier(self.refresh_at, until),
-        )
+        fresh, stale = self.fresh_until, self.stale_until
+        window = 0.0 if fresh is None or stale is None else stale - fresh
+        capped = until if fresh is None else min(fresh, until)
+        early = capped if self.refresh_at is None else min(self.refresh_at, capped)
+        gone = capped + window if stale is None else min(capped + window, stale)  # no float dust
+        return Record(value, capped, gone, self.tags, refresh_at=early)
 
     def expired(self, now: float) -> Record | None:
         """This record made stale at ``now``, keeping its stale window (never living
@@ -101,10 +102,6 @@ class Record:
         until = min(stale, now + (stale - fresh))
         moment = min(fresh, now)
         return Record(self.value, moment, until, self.tags, refresh_at=moment)
-
-
-def _earlier(deadline: float | None, until: float) -> float:
-    return until if deadline is None else min(deadline, until)
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,10 @@ class WritePath:
         :raises SerializationError: a layer cannot encode it, or its encoding does not
             read back; nothing is written.
         """
-        return self.encode_fetched(key, value, ttl, tags, self._parts.freshness)[0]
+        writes: Writes = {layer: {} for layer in self._parts.layers}
+        freshness = self._parts.freshness
+        self._encode_into(writes, key, value, self._parts.clock(), ttl, tags, freshness, False)
+        return writes
 
     def encode_fetched(
         self, key: str, value: object, ttl: TTL, tags: frozenset[str], freshness: Freshness
@@ -96,7 +99,7 @@ class WritePath:
         """
         writes: Writes = {layer: {} for layer in self._parts.layers}
         now = self._parts.clock()
-        given_back = self._encode_into(writes, key, value, now, ttl, tags, freshness)
+        given_back = self._encode_into(writes, key, value, now, ttl, tags, freshness, True)
         return writes, given_back
 
     def encode_many(self, values: Mapping[str, object], ttl: TTL, tags: frozenset[str]) -> Writes:
@@ -105,7 +108,7 @@ class WritePath:
         freshness = self._parts.freshness
         writes: Writes = {layer: {} for layer in self._parts.layers}
         for key, value in values.items():
-            self._encode_into(writes, key, value, now, ttl, tags, freshness)
+            self._encode_into(writes, key, value, now, ttl, tags, freshness, False)
         return writes
 
     def _encode_into(
@@ -117,6 +120,7 @@ class WritePath:
         ttl: TTL,
         tags: frozenset[str],
         freshness: Freshness,
+        fetched: bool,
     ) -> object:
         # Slowest first: a local layer stores what the nearest slower layer gives back.
         given_back = value
@@ -124,7 +128,7 @@ class WritePath:
         for layer, decodes in self._slowest_first:
             layer_ttl = ttl.get(layer.name) if isinstance(ttl, Mapping) else ttl
             stored = given_back if layer.local else value
-            record = layer.record(stored, now, layer_ttl, tags, freshness, draw)
+            record = layer.record(stored, now, layer_ttl, tags, freshness, draw, fetched)
             writes[layer][key] = record
             if decodes:
                 given_back = layer.decode(record.value)

@@ -209,8 +209,10 @@ def test_a_backfilled_copy_keeps_the_deadlines_in_order_and_within_the_original(
     assert copy.stale_until <= found.stale_until  # type: ignore[operator]
     if own_ttl is None:
         assert copy == found
-    else:
-        assert copy.stale_until <= now + own_ttl
+    else:  # fresh no longer than the layer's TTL, then stale for the same window
+        assert copy.fresh_until <= now + own_ttl
+        window = found.stale_until - found.fresh_until  # type: ignore[operator]
+        assert copy.stale_until - copy.fresh_until == pytest.approx(window)
 
 
 def test_a_copy_of_an_entry_without_a_ttl_gets_the_layers_own() -> None:

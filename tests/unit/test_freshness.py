@@ -416,7 +416,11 @@ async def test_negative_ttl_and_jitter_shape_the_fresh_ttl(clock: FakeClock) -> 
 
         assert await cache.get("none", nothing, ttl=100) is None
         assert await cache.get("some", Counting(), ttl=100) == "v:1"
+        await cache.set("set-none", None, ttl=100)  # only a fetched None is negative
         none, some = await cache.get_entry("none"), await cache.get_entry("some")
+        set_none = await cache.get_entry("set-none")
+        assert set_none is not None
+        assert set_none.fresh_for == pytest.approx(90)
         assert none is not None
         assert none.fresh_for == pytest.approx(1.8)
         assert some is not None
